@@ -1,0 +1,326 @@
+"""The one place that talks to Asterisk over ARI.
+
+Why it looks the way it does:
+
+* aioari opens the connection (it loads Asterisk's swagger description, which also proves the
+  credentials) and the event websocket. But its ``run()`` returns when the websocket closes and
+  awaits every listener in turn inside the reader, so one slow handler would stall every call.
+  We therefore read the websocket ourselves and only *route* events: each event is handed to
+  the owner of its channel, bridge or playback target through a synchronous callback that
+  must not block (call sessions resolve futures and return).
+* REST requests on the hot path (answer, play, hangup, ...) go through one pooled aiohttp
+  session instead of aioari's swagger operations: the swagger client re-validates every
+  request and costs a measurable share of a call's CPU (see docs/benchmarks.md).
+* The connection is kept forever: capped exponential backoff, and on every (re)connect an
+  ``on_connected`` callback reconciles what happened while we were away. A watchdog pings
+  Asterisk, because a half-open TCP connection would otherwise look alive forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import aiohttp
+import aioari
+import structlog
+
+from bridge.ari.errors import AriError, AriUnavailable, ChannelGone
+from bridge.config import AriConfig
+
+log = structlog.get_logger(__name__)
+
+Event = dict[str, Any]
+EventHandler = Callable[[Event], None]
+
+
+def new_id() -> str:
+    """Ids we hand to Asterisk (channels, playbacks, recordings): generated here, so that we
+    can subscribe to a resource before asking Asterisk to create it."""
+    return str(uuid.uuid4())
+
+
+def _route_key(event: Event) -> str | None:
+    """The owner an event belongs to: 'channel:<id>' or 'bridge:<id>'."""
+    for field in ("channel", "peer"):
+        obj = event.get(field)
+        if isinstance(obj, dict) and "id" in obj:
+            return f"channel:{obj['id']}"
+    for field in ("playback", "recording"):
+        obj = event.get(field)
+        if isinstance(obj, dict) and obj.get("target_uri"):
+            return str(obj["target_uri"])
+    bridge = event.get("bridge")
+    if isinstance(bridge, dict) and "id" in bridge:
+        return f"bridge:{bridge['id']}"
+    return None
+
+
+def _params(params: dict[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+class AriGateway:
+    """Connection to one Asterisk, one Stasis application.
+
+    ``on_stasis_start`` receives StasisStart events for channels nobody owns yet (new inbound
+    calls). ``on_connected`` runs (as its own task) after every successful (re)connect.
+    """
+
+    def __init__(
+        self,
+        config: AriConfig,
+        on_stasis_start: EventHandler,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.app = config.app
+        self._on_stasis_start = on_stasis_start
+        self._on_connected = on_connected
+        self._routes: dict[str, EventHandler] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._base = config.url.rstrip("/") + "/ari"
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self.last_error: str | None = None
+        self.connects = 0
+        self.events_routed = 0
+        self.events_unrouted = 0
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        return self.connected
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession(
+            auth=aiohttp.BasicAuth(self.config.username, self.config.password.get_secret_value()),
+            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout_s),
+            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+        )
+        self._task = asyncio.create_task(self._run(), name="ari-gateway")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._http is not None:
+            await self._http.close()
+
+    async def _run(self) -> None:
+        delay = self.config.reconnect_min_s
+        while not self._stopping:
+            client = None
+            try:
+                client = await aioari.connect(
+                    self.config.url, self.config.username,
+                    self.config.password.get_secret_value(),
+                )
+                ws = await client.swagger.events.eventWebsocket(app=self.app)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # aioari raises bare aiohttp/HTTP errors of many kinds
+                self.last_error = _describe(exc)
+                log.warning("ari.connect_failed", url=self.config.url, error=self.last_error,
+                            retry_in_s=delay)
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+                continue
+            delay = self.config.reconnect_min_s
+            self._ws = ws
+            self.connects += 1
+            self.last_error = None
+            self._connected.set()
+            log.info("ari.connected", url=self.config.url, app=self.app, connects=self.connects)
+            side_tasks = [asyncio.create_task(self._watchdog(ws), name="ari-watchdog")]
+            if self._on_connected is not None:
+                side_tasks.append(asyncio.create_task(self._on_connected(), name="ari-reconcile"))
+            try:
+                await self._read(ws)
+            finally:
+                self._connected.clear()
+                self._ws = None
+                for task in side_tasks:
+                    task.cancel()
+                with contextlib.suppress(Exception):
+                    await client.close()
+            if not self._stopping:
+                self.last_error = "event websocket closed"
+                log.warning("ari.disconnected", retry_in_s=delay)
+                await asyncio.sleep(delay)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                try:
+                    event = json.loads(msg.data)
+                except ValueError:
+                    log.warning("ari.bad_event", size=len(msg.data))
+                    continue
+                if isinstance(event, dict):
+                    self._dispatch(event)
+            elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                break
+
+    async def _watchdog(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Close the websocket when Asterisk stops answering, so ``_run`` reconnects."""
+        while not ws.closed:
+            await asyncio.sleep(self.config.ping_interval_s)
+            try:
+                await self.request("GET", "/asterisk/ping")
+            except AriError as exc:
+                log.warning("ari.ping_failed", error=exc.details)
+                await ws.close()
+                return
+
+    def _dispatch(self, event: Event) -> None:
+        key = _route_key(event)
+        handler = self._routes.get(key) if key else None
+        try:
+            if handler is not None:
+                self.events_routed += 1
+                handler(event)
+            elif event.get("type") == "StasisStart":
+                self.events_routed += 1
+                self._on_stasis_start(event)
+            else:
+                self.events_unrouted += 1
+        except Exception:
+            # An owner's bug must never stop the reader that every other call depends on.
+            log.exception("ari.handler_failed", event_type=event.get("type"), key=key)
+
+    # -------------------------------------------------------------------- routing
+    def route(self, key: str, handler: EventHandler) -> None:
+        """Send events for ``key`` ('channel:<id>' or 'bridge:<id>') to ``handler``."""
+        self._routes[key] = handler
+
+    def unroute(self, key: str) -> None:
+        self._routes.pop(key, None)
+
+    # ----------------------------------------------------------------------- REST
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        channel_id: str | None = None,
+    ) -> Any:
+        """One ARI request. A 404 (or 'not in Stasis') on ``channel_id`` raises ChannelGone."""
+        if self._http is None:
+            raise AriUnavailable(method, path, None, "gateway not started")
+        try:
+            async with self._http.request(
+                method, self._base + path, params=_params(params), json=body
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    details = _message(text) or resp.reason or ""
+                    gone = resp.status == 404 or (
+                        resp.status == 409 and "not in stasis" in details.lower()
+                    )
+                    if channel_id is not None and gone:
+                        raise ChannelGone(method, path, resp.status, details)
+                    raise AriError(method, path, resp.status, details)
+                return json.loads(text) if text else None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AriUnavailable(method, path, None, _describe(exc)) from None
+
+    # Channel operations; each raises ChannelGone when the channel has hung up.
+    async def answer(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/answer", channel_id=channel_id)
+
+    async def ring(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/ring", channel_id=channel_id)
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        """Hang up; a channel that is already gone is not an error here."""
+        with contextlib.suppress(ChannelGone):
+            await self.request(
+                "DELETE", f"/channels/{channel_id}", {"reason": reason}, channel_id=channel_id
+            )
+
+    async def play(self, channel_id: str, media: Iterable[str], playback_id: str) -> None:
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/play/{playback_id}",
+            {"media": list(media)},
+            channel_id=channel_id,
+        )
+
+    async def stop_playback(self, playback_id: str) -> None:
+        """Stop a playback; one that already finished is fine."""
+        try:
+            await self.request("DELETE", f"/playbacks/{playback_id}")
+        except AriError as exc:
+            if exc.status != 404:
+                raise
+
+    async def get_channel(self, channel_id: str) -> dict[str, Any]:
+        result = await self.request("GET", f"/channels/{channel_id}", channel_id=channel_id)
+        return dict(result)
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        await self.request(
+            "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value},
+            channel_id=channel_id,
+        )
+
+    async def app_channel_ids(self) -> list[str]:
+        """Channels currently in our Stasis application (what a restart must pick up)."""
+        info = await self.request("GET", f"/applications/{self.app}")
+        ids = []
+        for source in info.get("channel_ids", []) if isinstance(info, dict) else []:
+            ids.append(str(source))
+        return ids
+
+    async def asterisk_info(self) -> dict[str, Any]:
+        return dict(await self.request("GET", "/asterisk/info"))
+
+
+def _message(text: str) -> str | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:200] or None
+    if isinstance(data, dict) and "message" in data:
+        return str(data["message"])
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    if status == 401:
+        return "authentication failed (check ari.username / ari.password)"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,227 @@
+"""The call engine: creates a session for every call, owns the registry, and reconciles.
+
+Registry: call uuid -> session and channel id -> session. There is no global lock: each
+session is driven by its own task, and the registry is only touched from the event loop.
+
+Reconciliation runs after every ARI (re)connect. Channels still in our Stasis application that
+no live session owns are either resumed from the call store (a restarted bridge) or hung up
+(nothing known about them), so none is leaked; calls in the store whose channel is gone get
+their ``completed`` event, so none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from bridge.ari.errors import AriError
+from bridge.ari.gateway import AriGateway, Event
+from bridge.calls import events as ev
+from bridge.calls.session import CallSession
+from bridge.calls.store import CallRecord, CallStore
+from bridge.config import ApplicationConfig, Config
+from bridge.media import MediaStore
+from bridge.ncco import actions as action_modules
+from bridge.ncco.models import Action, NccoError, parse_ncco
+from bridge.webhooks import EventOutbox, Signer, Timeouts, WebhookClient
+
+log = structlog.get_logger(__name__)
+
+Runner = Callable[[CallSession, Any], Awaitable[list[Action] | None]]
+
+
+class CallEngine:
+    def __init__(
+        self,
+        config: Config,
+        gateway: AriGateway,
+        webhooks: WebhookClient,
+        media: MediaStore,
+        store: CallStore,
+        public_url: Callable[[], str],
+    ) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.webhooks = webhooks
+        self.media = media
+        self.store = store
+        self.public_url = public_url
+        self.sessions: dict[str, CallSession] = {}
+        self.by_channel: dict[str, CallSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls_started = 0
+        self.calls_rejected = 0
+
+    # ------------------------------------------------------------------ helpers
+    def application(self, app_id: str) -> ApplicationConfig:
+        app = self.config.application(app_id)
+        if app is None:
+            raise KeyError(f"unknown application {app_id!r}")
+        return app
+
+    def timeouts(self, app: ApplicationConfig, event: bool) -> Timeouts:
+        read = app.timeouts.event_read_ms if event else app.timeouts.answer_read_ms
+        return Timeouts(connect_ms=app.timeouts.connect_ms, read_ms=read)
+
+    def signer(self, app: ApplicationConfig) -> Signer | None:
+        if app.signature_secret is None:
+            return None
+        return Signer(secret=app.signature_secret.get_secret_value(), application_id=app.id)
+
+    def new_outbox(self, app: ApplicationConfig) -> EventOutbox:
+        return EventOutbox(
+            self.webhooks, self.timeouts(app, event=True), self.signer(app),
+            app.fallback_answer_url,
+        )
+
+    def runner(self, name: str) -> Runner:
+        return action_modules.RUNNERS[name]
+
+    def check_runnable(self, actions: list[Action]) -> None:
+        """Checks beyond the schema that need this bridge (voices, supported actions)."""
+        action_modules.check(actions)
+
+    def parse(self, data: Any) -> list[Action]:
+        actions = parse_ncco(data)
+        self.check_runnable(actions)
+        return actions
+
+    # ---------------------------------------------------------------- new calls
+    def on_stasis_start(self, event: Event) -> None:
+        """A channel entered our application and nobody owns it: a new inbound call."""
+        channel = event.get("channel") or {}
+        channel_id = str(channel.get("id", ""))
+        args = [str(a) for a in event.get("args", [])]
+        if not channel_id or channel_id in self.by_channel:
+            return
+        if not args or args[0] != "inbound":
+            log.warning("call.unexpected_channel", channel_id=channel_id, args=args)
+            self._spawn(self.gateway.hangup(channel_id))
+            return
+        to = args[1] if len(args) > 1 else str(channel.get("dialplan", {}).get("exten", ""))
+        caller = args[2] if len(args) > 2 else str(channel.get("caller", {}).get("number", ""))
+        app = self.config.application_for_number(to)
+        if app is None:
+            self.calls_rejected += 1
+            log.warning("call.no_application", to=to, channel_id=channel_id)
+            # 'unallocated' makes Asterisk answer the INVITE with 404: no such number here.
+            self._spawn(self.gateway.hangup(channel_id, "unallocated"))
+            return
+        record = CallRecord(
+            uuid=str(uuidlib.uuid4()),
+            conversation_uuid="CON-" + str(uuidlib.uuid4()),
+            channel_id=channel_id,
+            application_id=app.id,
+            direction="inbound",
+            from_number=caller,
+            to_number=to,
+            started_at=ev.timestamp(),
+            answered_at=None,
+            ncco=[],
+            position=0,
+        )
+        self.store.save(record)
+        self._start(CallSession(self, record))
+
+    def _start(self, session: CallSession) -> None:
+        self.calls_started += 1
+        self.sessions[session.uuid] = session
+        self.by_channel[session.channel_id] = session
+        self.gateway.route(f"channel:{session.channel_id}", session.on_event)
+        self._spawn(session.run())
+
+    def forget(self, session: CallSession) -> None:
+        """Called by a session once it has ended."""
+        self.sessions.pop(session.uuid, None)
+        self.by_channel.pop(session.channel_id, None)
+        self.gateway.unroute(f"channel:{session.channel_id}")
+        self.store.delete(session.uuid)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ reconciliation
+    async def reconcile(self) -> None:
+        """After a (re)connect: resume or end what is in Stasis, complete what is gone."""
+        try:
+            in_stasis = set(await self.gateway.app_channel_ids())
+        except AriError as exc:
+            log.warning("reconcile.failed", error=str(exc))
+            return
+        # Live sessions whose channel vanished while the websocket was down.
+        for session in list(self.sessions.values()):
+            if session.channel_id not in in_stasis:
+                session.on_event({"type": "ChannelDestroyed", "cause_txt": "gone while away"})
+        records = {r.channel_id: r for r in self.store.all()}
+        resumed = ended = cleaned = 0
+        for channel_id in in_stasis - set(self.by_channel):
+            record = records.pop(channel_id, None)
+            if record is None:
+                cleaned += 1
+                await self.gateway.hangup(channel_id)
+                continue
+            if self._resume(record):
+                resumed += 1
+            else:
+                ended += 1
+        # Calls we knew about whose channel ended while no bridge was watching.
+        for channel_id, record in records.items():
+            if channel_id in self.by_channel:
+                continue
+            self._complete_orphan(record)
+            ended += 1
+        log.info("reconcile.done", in_stasis=len(in_stasis), resumed=resumed,
+                 ended=ended, cleaned=cleaned, live=len(self.sessions))
+
+    def _resume(self, record: CallRecord) -> bool:
+        try:
+            app = self.application(record.application_id)
+            actions = self.parse(record.ncco)
+        except (KeyError, NccoError) as exc:
+            log.warning("reconcile.cannot_resume", call_uuid=record.uuid, error=str(exc))
+            self._complete_orphan(record)
+            self._spawn(self.gateway.hangup(record.channel_id))
+            return False
+        del app
+        log.info("reconcile.resume", call_uuid=record.uuid, position=record.position)
+        self._start(CallSession(self, record, actions, resumed=True))
+        return True
+
+    def _complete_orphan(self, record: CallRecord) -> None:
+        """Send ``completed`` for a call that ended while no bridge was running."""
+        app = self.config.application(record.application_id)
+        self.store.delete(record.uuid)
+        if app is None or app.event_url is None:
+            return
+        started = datetime.fromisoformat(record.started_at.replace("Z", "+00:00"))
+        answered = (
+            datetime.fromisoformat(record.answered_at.replace("Z", "+00:00"))
+            if record.answered_at else None
+        )
+        payload = ev.status_event(
+            uuid=record.uuid, conversation_uuid=record.conversation_uuid, status="completed",
+            direction=record.direction, from_=record.from_number, to=record.to_number,
+            **ev.completed_extra(started, answered, datetime.now(UTC), "platform"),
+        )
+        outbox = self.new_outbox(app)
+        outbox.post(app.event_url, app.event_method, payload)
+        self._spawn(outbox.drain())
+
+    # ------------------------------------------------------------------ shutdown
+    async def shutdown(self) -> None:
+        """Stop driving calls without hanging them up: a restarted bridge resumes them."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        self.sessions.clear()
+        self.by_channel.clear()

@@ -1,0 +1,61 @@
+"""Vonage event payloads: the exact field and status names applications parse."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    """Vonage's format: ISO 8601, UTC, milliseconds, trailing Z."""
+    moment = moment or datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def status_event(
+    *,
+    uuid: str,
+    conversation_uuid: str,
+    status: str,
+    direction: str,
+    from_: str,
+    to: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A call status event (started, ringing, answered, completed, ...)."""
+    payload: dict[str, Any] = {
+        "from": from_,
+        "to": to,
+        "uuid": uuid,
+        "conversation_uuid": conversation_uuid,
+        "status": status,
+        "direction": direction,
+        "timestamp": timestamp(),
+    }
+    payload.update(extra)
+    return payload
+
+
+def completed_extra(
+    started: datetime, answered: datetime | None, ended: datetime, disconnected_by: str
+) -> dict[str, Any]:
+    """Fields Vonage adds to ``completed``. ``duration`` is whole seconds of conversation, as a
+    string (0 when the call was never answered)."""
+    seconds = int((ended - answered).total_seconds()) if answered else 0
+    return {
+        "start_time": timestamp(answered or started),
+        "end_time": timestamp(ended),
+        "duration": str(max(seconds, 0)),
+        "disconnected_by": disconnected_by,
+        "network": "ari-bridge",
+    }
+
+
+def error_event(*, uuid: str, conversation_uuid: str, reason: str) -> dict[str, Any]:
+    """Errors are delivered to the event webhook too; ``reason`` names the cause and field."""
+    return {
+        "reason": reason,
+        "uuid": uuid,
+        "conversation_uuid": conversation_uuid,
+        "timestamp": timestamp(),
+    }

@@ -1,0 +1,414 @@
+"""One call leg's life: explicit states, the action list it owns, and everything actions use.
+
+A session is driven by one task (``run``). ARI events reach it through ``on_event``, a
+synchronous callback called by the gateway's reader: it only records facts (a digit, a hangup)
+and resolves the futures that actions subscribed to *before* asking Asterisk to act.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from bridge.ari.errors import AriError, ChannelGone
+from bridge.calls import events as ev
+from bridge.calls.store import CallRecord
+from bridge.ncco.models import Action, NccoError, dump_ncco, parse_ncco, parse_ncco_bytes
+from bridge.webhooks import FallbackResult, ParseError, WebhookRequest, WebhookResponse
+
+if TYPE_CHECKING:
+    from bridge.calls.engine import CallEngine
+
+log = structlog.get_logger(__name__)
+
+Event = dict[str, Any]
+
+
+class CallState(enum.Enum):
+    RINGING = "ringing"  # in Stasis, not answered; the answer webhook is being asked
+    RUNNING = "running"  # executing the NCCO
+    ENDING = "ending"  # no action left, or an error: hanging up
+    ENDED = "ended"  # the channel is gone and ``completed`` was sent
+
+
+class WaitOutcome(enum.Enum):
+    EVENT = "event"  # the awaited event arrived
+    TIMEOUT = "timeout"  # nothing within the deadline
+    HANGUP = "hangup"  # the channel went away first
+
+
+@dataclass
+class Waiter:
+    """A subscription made before acting; resolved by ``on_event``."""
+
+    predicate: Callable[[Event], bool]
+    future: asyncio.Future[tuple[WaitOutcome, Event | None]]
+
+    async def wait(self, timeout: float | None) -> tuple[WaitOutcome, Event | None]:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.future), timeout)
+        except TimeoutError:
+            return WaitOutcome.TIMEOUT, None
+
+
+@dataclass
+class DtmfBuffer:
+    """Digits the caller pressed that no input action has consumed yet."""
+
+    digits: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, digit: str) -> None:
+        self.digits.append(digit)
+        self.changed.set()
+
+    def take(self) -> str | None:
+        return self.digits.pop(0) if self.digits else None
+
+    async def next(self, timeout: float) -> str | None:
+        """The next digit, waiting at most ``timeout`` seconds (0 = only what is buffered)."""
+        if self.digits:
+            return self.digits.pop(0)
+        self.changed.clear()
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            return None
+        return self.take()
+
+
+class CallSession:
+    def __init__(
+        self,
+        engine: CallEngine,
+        record: CallRecord,
+        actions: list[Action] | None = None,
+        resumed: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.record = record
+        self.uuid = record.uuid
+        self.conversation_uuid = record.conversation_uuid
+        self.channel_id = record.channel_id
+        self.app = engine.application(record.application_id)
+        self.gateway = engine.gateway
+        self.media = engine.media
+        self.state = CallState.RUNNING if resumed else CallState.RINGING
+        self.actions: list[Action] = list(actions or [])
+        self.position = record.position
+        self.replacements = record.replacements
+        self.started = _parse_time(record.started_at) or datetime.now(UTC)
+        self.answered: datetime | None = _parse_time(record.answered_at)
+        self.dtmf = DtmfBuffer()
+        self.gone = asyncio.Event()
+        self.hangup_cause: str | None = None
+        self.disconnected_by = "platform"
+        self._waiters: list[Waiter] = []
+        self._current: asyncio.Task[list[Action] | None] | None = None
+        self._pending_ncco: list[Action] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._resumed = resumed
+        self.outbox = engine.new_outbox(self.app)
+        self.log = log.bind(call_uuid=self.uuid, channel_id=self.channel_id)
+
+    # ------------------------------------------------------------------ events in
+    def on_event(self, event: Event) -> None:
+        """Called by the ARI reader. Must not block."""
+        kind = event.get("type")
+        if kind == "ChannelDtmfReceived":
+            self.dtmf.push(str(event.get("digit", "")))
+        elif kind in ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"):
+            self._mark_gone(event)
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+            elif waiter.predicate(event):
+                waiter.future.set_result((WaitOutcome.EVENT, event))
+                self._waiters.remove(waiter)
+
+    def _mark_gone(self, event: Event) -> None:
+        if self.gone.is_set():
+            return
+        if event.get("type") == "ChannelHangupRequest" or self.state is not CallState.ENDING:
+            self.disconnected_by = "user"
+        cause = event.get("cause_txt") or event.get("cause")
+        self.hangup_cause = str(cause) if cause is not None else None
+        self.gone.set()
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_result((WaitOutcome.HANGUP, event))
+        self._waiters.clear()
+        if self._current is not None and not self._current.done():
+            self._current.cancel()
+
+    def expect(self, predicate: Callable[[Event], bool]) -> Waiter:
+        """Subscribe to an event before triggering it. Resolves HANGUP if the call ends."""
+        future: asyncio.Future[tuple[WaitOutcome, Event | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        waiter = Waiter(predicate, future)
+        if self.gone.is_set():
+            future.set_result((WaitOutcome.HANGUP, None))
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def forget(self, waiter: Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if not waiter.future.done():
+            waiter.future.cancel()
+
+    # ------------------------------------------------------------- what actions use
+    @property
+    def direction(self) -> str:
+        return self.record.direction
+
+    def status(self, status: str, **extra: Any) -> None:
+        """Queue a status event for the application's event_url (in order, never blocking)."""
+        if self.app.event_url is None:
+            return
+        payload = ev.status_event(
+            uuid=self.uuid, conversation_uuid=self.conversation_uuid, status=status,
+            direction=self.direction, from_=self.record.from_number,
+            to=self.record.to_number, **extra,
+        )
+        self.outbox.post(self.app.event_url, self.app.event_method, payload)
+
+    def error(self, reason: str) -> None:
+        """Tell the application what went wrong, naming the cause (and field)."""
+        self.log.warning("call.error", reason=reason)
+        if self.app.event_url is None:
+            return
+        payload = ev.error_event(
+            uuid=self.uuid, conversation_uuid=self.conversation_uuid, reason=reason
+        )
+        self.outbox.post(self.app.event_url, self.app.event_method, payload)
+
+    async def ensure_answered(self) -> None:
+        """Answer the channel once, the first time an action needs media."""
+        if self.answered is not None:
+            return
+        await self.gateway.answer(self.channel_id)
+        self.answered = datetime.now(UTC)
+        self.engine.store.mark_answered(self.uuid, ev.timestamp(self.answered))
+        self.status("answered")
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run an asynchronous action part (barge-in prompt, recording) beside the NCCO.
+
+        It is cancelled when the call ends."""
+        task = asyncio.create_task(coro, name=f"{name}:{self.uuid}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def ask_for_ncco(
+        self, url: str, method: str, payload: dict[str, Any]
+    ) -> list[Action] | None:
+        """Send an event whose reply may carry an NCCO (notify, input, synchronous connect).
+
+        Returns the new NCCO, or None when the reply carries none (the flow continues). A reply
+        that is not a valid NCCO is reported as an error and the flow continues too; so does
+        a failing URL after its fallback (Vonage's rule for event hooks)."""
+        result: FallbackResult[list[Action] | None] = await self.engine.webhooks.send_with_fallback(
+            WebhookRequest(url=url, method=method, data=payload),  # type: ignore[arg-type]
+            self.app.fallback_answer_url,
+            _optional_ncco,
+            self.engine.timeouts(self.app, event=True),
+            self.engine.signer(self.app),
+        )
+        if result.error:
+            self.error(f"event webhook {url} failed: {result.error}; continuing the NCCO")
+            return None
+        if result.reason and result.source == "fallback":
+            self.log.info("call.event_fallback_used", reason=result.reason)
+        if result.value is not None:
+            try:
+                self.engine.check_runnable(result.value)
+            except NccoError as exc:
+                self.error(f"invalid NCCO in reply from {url}: {exc}; continuing the NCCO")
+                return None
+        return result.value
+
+    # ------------------------------------------------------------------ main task
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(call_uuid=self.uuid)
+        try:
+            if not self._resumed:
+                self.status("started")
+                self.status("ringing")
+                with contextlib.suppress(ChannelGone):
+                    await self.gateway.ring(self.channel_id)
+                actions = await self._fetch_answer_ncco()
+                if actions is None:
+                    self._transition(CallState.ENDING, "no_ncco")
+                    await self.gateway.hangup(self.channel_id, "congestion")
+                    return
+                self.actions = actions
+                self.position = 0
+                self._save_progress()
+                self._transition(CallState.RUNNING, "ncco")
+            await self._run_actions()
+            self._transition(CallState.ENDING, "ncco_done" if not self.gone.is_set() else "hangup")
+            await self.gateway.hangup(self.channel_id)
+        except ChannelGone:
+            self._transition(CallState.ENDING, "channel_gone")
+        except AriError as exc:
+            self.error(f"Asterisk refused a request: {exc}")
+            self._transition(CallState.ENDING, "ari_error")
+            with contextlib.suppress(AriError):
+                await self.gateway.hangup(self.channel_id, "normal")
+        except asyncio.CancelledError:
+            # The bridge is shutting down: leave the call to a restarted bridge, which finds
+            # it in Stasis and in the store and resumes it. No completed event here.
+            await self._stop_background()
+            raise
+        except Exception as exc:
+            self.log.exception("call.crashed")
+            self.error(f"internal error: {type(exc).__name__}")
+            with contextlib.suppress(AriError):
+                await self.gateway.hangup(self.channel_id, "normal")
+        await self._finish()
+
+    async def _fetch_answer_ncco(self) -> list[Action] | None:
+        params = {
+            "to": self.record.to_number,
+            "from": self.record.from_number,
+            "uuid": self.uuid,
+            "conversation_uuid": self.conversation_uuid,
+        }
+        request = WebhookRequest(
+            url=self.app.answer_url, method=self.app.answer_method, data=params
+        )
+        result = await self.engine.webhooks.send_with_fallback(
+            request,
+            self.app.fallback_answer_url,
+            self._parse_runnable,
+            self.engine.timeouts(self.app, event=False),
+            self.engine.signer(self.app),
+        )
+        if result.value is not None:
+            if result.source == "fallback":
+                self.error(f"answer_url failed ({result.reason}); used fallback_answer_url")
+            return result.value
+        self.error(f"no NCCO: {result.error}")
+        return None
+
+    def _parse_runnable(self, response: WebhookResponse) -> list[Action]:
+        try:
+            actions = parse_ncco_bytes(response.body)
+            self.engine.check_runnable(actions)
+        except NccoError as exc:
+            raise ParseError(f"invalid NCCO: {exc}") from None
+        return actions
+
+    async def _run_actions(self) -> None:
+        while self.position < len(self.actions) and not self.gone.is_set():
+            action = self.actions[self.position]
+            self._save_progress()
+            replacement = await self._run_one(action)
+            if self._pending_ncco is not None:
+                replacement, self._pending_ncco = self._pending_ncco, None
+            if replacement is not None:
+                if not self._accept_replacement(replacement):
+                    return
+                continue
+            self.position += 1
+
+    async def _run_one(self, action: Action) -> list[Action] | None:
+        runner = self.engine.runner(action.action)
+        if action.NEEDS_MEDIA:
+            await self.ensure_answered()
+        self.log.info("action.start", action=action.action, position=self.position)
+        self._current = asyncio.create_task(runner(self, action), name=f"{action.action}")
+        try:
+            result = await self._current
+        except asyncio.CancelledError:
+            current_task = asyncio.current_task()
+            if current_task is not None and current_task.cancelling():
+                raise  # the session itself is being cancelled (shutdown)
+            result = None  # the action was cancelled: hangup or a replacement NCCO
+        finally:
+            self._current = None
+        self.log.info("action.end", action=action.action, position=self.position,
+                      replaced=result is not None or self._pending_ncco is not None)
+        return result
+
+    def _accept_replacement(self, actions: list[Action]) -> bool:
+        self.replacements += 1
+        if self.replacements > self.app.max_ncco_replacements:
+            self.error(
+                f"more than {self.app.max_ncco_replacements} NCCOs received for this call; "
+                "ending it (max_ncco_replacements)"
+            )
+            return False
+        self.actions = actions
+        self.position = 0
+        return True
+
+    def transfer(self, actions: list[Action]) -> None:
+        """Replace the NCCO from outside (REST transfer): cancel the running action."""
+        self._pending_ncco = actions
+        if self._current is not None and not self._current.done():
+            self._current.cancel()
+
+    def _save_progress(self) -> None:
+        self.engine.store.update_progress(
+            self.uuid, dump_ncco(self.actions), self.position, self.replacements
+        )
+
+    async def _stop_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _finish(self) -> None:
+        await self._stop_background()
+        if not self.gone.is_set():
+            # We hung up; wait (bounded) for Asterisk to confirm so the duration is right.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gone.wait(), 5)
+        ended = datetime.now(UTC)
+        self.status(
+            "completed",
+            **ev.completed_extra(self.started, self.answered, ended, self.disconnected_by),
+        )
+        self._transition(CallState.ENDED, "completed")
+        self.engine.forget(self)
+        await self.outbox.drain()
+
+    def _transition(self, new: CallState, event: str) -> None:
+        if new is self.state:
+            return
+        self.log.info(f"{self.state.value} -[{event}]-> {new.value}")
+        self.state = new
+
+
+def _optional_ncco(response: WebhookResponse) -> list[Action] | None:
+    """An event reply: an NCCO replaces the running one; an empty or non-array body does not."""
+    body = response.body.strip()
+    if not body or not body.startswith(b"["):
+        return None
+    try:
+        return parse_ncco_bytes(body)
+    except NccoError as exc:
+        raise ParseError(f"invalid NCCO in event reply: {exc}") from None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+__all__ = ["CallSession", "CallState", "WaitOutcome", "parse_ncco"]

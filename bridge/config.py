@@ -1,0 +1,243 @@
+"""One validated configuration: a YAML file plus environment overrides.
+
+Environment variables named ``ARI_BRIDGE_<SECTION>__<KEY>`` override the file, for example
+``ARI_BRIDGE_ARI__PASSWORD``; secrets belong there rather than in the file. Every error names
+the key that is wrong, so a bad configuration fails at start and never in the middle of a call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "ARI_BRIDGE_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"must be an http(s) URL, got {value!r}")
+    return value
+
+
+class AriConfig(_Strict):
+    url: str = "http://127.0.0.1:8088"
+    username: str = "ari-bridge"
+    password: SecretStr = SecretStr("")
+    app: str = "ari-bridge"
+    request_timeout_s: float = Field(5.0, gt=0, le=60)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
+    ping_interval_s: float = Field(5.0, gt=0, description="how often a live connection is checked")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+
+class HttpConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        None, description="URL at which Asterisk and webhook receivers reach this server"
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+
+    def base_url(self, bound_port: int | None = None) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{bound_port or self.port}"
+
+
+class WebhookTimeouts(_Strict):
+    """Per-application timeouts in milliseconds, within the ranges Vonage allows."""
+
+    connect_ms: int = Field(1000, ge=300, le=1000)
+    answer_read_ms: int = Field(5000, ge=1000, le=5000)
+    event_read_ms: int = Field(10000, ge=1000, le=10000)
+
+
+class ApplicationConfig(_Strict):
+    id: str
+    answer_url: str
+    answer_method: Literal["GET", "POST"] = "GET"
+    event_url: str | None = None
+    event_method: Literal["GET", "POST"] = "POST"
+    fallback_answer_url: str | None = None
+    timeouts: WebhookTimeouts = WebhookTimeouts()
+    signature_secret: SecretStr | None = None
+    max_ncco_replacements: int = Field(
+        25, ge=1, le=1000, description="NCCOs one call may receive from webhooks; stops loops"
+    )
+
+    @field_validator("answer_url", "event_url", "fallback_answer_url")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("answer_method", "event_method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class TrunkConfig(_Strict):
+    name: str
+    host: str
+    port: int = Field(5060, ge=1, le=65535)
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    endpoint: str = Field("trunk-out", description="the PJSIP endpoint Asterisk dials through")
+    caller_id: Literal["pass", "fixed"] = "pass"
+    fixed_caller_id: str | None = None
+
+
+class RouteConfig(_Strict):
+    prefix: str = Field("", description="longest matching number prefix wins; '' matches all")
+    trunk: str
+
+
+class StoreConfig(_Strict):
+    path: Path = Path("/var/lib/ari-bridge/calls.sqlite3")
+
+
+class MediaConfig(_Strict):
+    path: Path = Path("/var/lib/ari-bridge/media")
+    max_download_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    fetch_timeout_s: float = Field(10.0, gt=0, le=120)
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_output: bool = Field(False, alias="json")
+
+
+class Config(_Strict):
+    ari: AriConfig = AriConfig()
+    http: HttpConfig = HttpConfig()
+    store: StoreConfig = StoreConfig()
+    media: MediaConfig = MediaConfig()
+    log: LogConfig = LogConfig()
+    applications: list[ApplicationConfig] = []
+    numbers: dict[str, str] = Field(
+        default_factory=dict, description="inbound number -> application id; '*' is the default"
+    )
+    trunks: list[TrunkConfig] = []
+    routes: list[RouteConfig] = []
+
+    def model_post_init(self, __context: Any) -> None:
+        ids = [a.id for a in self.applications]
+        dupes = {i for i in ids if ids.count(i) > 1}
+        if dupes:
+            raise ValueError(f"applications: duplicate id {sorted(dupes)[0]!r}")
+        for number, app_id in self.numbers.items():
+            if app_id not in ids:
+                raise ValueError(f"numbers.{number}: unknown application {app_id!r}")
+        trunk_names = {t.name for t in self.trunks}
+        for i, route in enumerate(self.routes):
+            if route.trunk not in trunk_names:
+                raise ValueError(f"routes.{i}.trunk: unknown trunk {route.trunk!r}")
+
+    def application(self, app_id: str) -> ApplicationConfig | None:
+        return next((a for a in self.applications if a.id == app_id), None)
+
+    def application_for_number(self, number: str) -> ApplicationConfig | None:
+        """The application an inbound call to ``number`` runs: exact match, then '*'."""
+        candidates = [number, number.lstrip("+"), "+" + number.lstrip("+"), "*"]
+        for key in candidates:
+            if key in self.numbers:
+                return self.application(self.numbers[key])
+        return None
+
+    def route_for(self, number: str) -> TrunkConfig | None:
+        """The trunk for ``number`` by longest matching prefix."""
+        digits = number.lstrip("+")
+        best: RouteConfig | None = None
+        for route in self.routes:
+            if digits.startswith(route.prefix.lstrip("+")) and (
+                best is None or len(route.prefix) > len(best.prefix)
+            ):
+                best = route
+        if best is None:
+            return None
+        return next(t for t in self.trunks if t.name == best.trunk)
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if len(path) < 2:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"{loc}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read ``path`` (YAML), apply ``ARI_BRIDGE_*`` variables, then ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded
+    data = _apply_env(data, os.environ if environ is None else environ)
+    if overrides:
+        data = _merge(data, dict(overrides))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

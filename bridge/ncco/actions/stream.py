@@ -1,0 +1,33 @@
+"""stream: an mp3 or wav from a URL, fetched and converted by the bridge, played by Asterisk.
+
+The bridge fetches the file itself (rather than handing the URL to Asterisk) so that a bad URL
+or a file that is not audio becomes an error event naming the cause, instead of silence.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.media import MediaError
+from bridge.ncco.actions._playback import PlayResult, play
+from bridge.ncco.models import Action, Stream
+
+if TYPE_CHECKING:
+    from bridge.calls.session import CallSession
+
+
+async def run(call: CallSession, action: Stream) -> list[Action] | None:
+    url = action.stream_url[0]
+    try:
+        item = await call.media.fetch(url, action.level)
+    except MediaError as exc:
+        call.error(f"stream: cannot play {url}: {exc.cause}")
+        return None
+    uri = f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"
+    if action.barge_in:
+        call.spawn(play(call, uri, action.loop, item.duration_s, True), "stream")
+        return None
+    result = await play(call, uri, action.loop, item.duration_s, False)
+    if result in (PlayResult.FAILED, PlayResult.TIMEOUT):
+        call.error(f"stream: Asterisk could not play {url} ({result.value})")
+    return None

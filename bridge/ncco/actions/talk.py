@@ -1,0 +1,39 @@
+"""talk: text to speech, synthesized by the bridge and played by Asterisk from our server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.media import MediaError, resolve_voice
+from bridge.ncco.actions._playback import PlayResult, play
+from bridge.ncco.models import Action, NccoError, Talk
+
+if TYPE_CHECKING:
+    from bridge.calls.session import CallSession
+
+
+def check(action: Talk, index: int) -> None:
+    try:
+        resolve_voice(action.voice_name, action.language, action.style)
+    except ValueError as exc:
+        field = "language" if action.language else "voiceName"
+        raise NccoError(str(exc), f"[{index}].{field}") from None
+
+
+async def run(call: CallSession, action: Talk) -> list[Action] | None:
+    voice = resolve_voice(action.voice_name, action.language, action.style)
+    try:
+        item = await call.media.tts(action.text, voice, action.level)
+    except MediaError as exc:
+        call.error(f"talk: speech synthesis failed: {exc}")
+        return None
+    uri = f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"
+    if action.barge_in:
+        # Asynchronous by the reference: the next action (input) starts while this plays,
+        # and a key press stops the prompt.
+        call.spawn(play(call, uri, action.loop, item.duration_s, True), "talk")
+        return None
+    result = await play(call, uri, action.loop, item.duration_s, False)
+    if result in (PlayResult.FAILED, PlayResult.TIMEOUT):
+        call.error(f"talk: Asterisk could not play the speech ({result.value})")
+    return None
