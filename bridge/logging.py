@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
 _SECRET_KEYS = frozenset({"password", "secret", "token", "authorization", "api_key"})
 
 
-def _redact(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+def _redact(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # A belt-and-braces guard: no code path should log a secret, but if one ever does, the
     # value never reaches the sink.
     for key in list(event):

@@ -22,11 +22,11 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-import aiohttp
 import aioari
+import aiohttp
 import structlog
 
 from bridge.ari.errors import AriError, AriUnavailable, ChannelGone
@@ -87,7 +87,7 @@ class AriGateway:
         self,
         config: AriConfig,
         on_stasis_start: EventHandler,
-        on_connected: Callable[[], Awaitable[None]] | None = None,
+        on_connected: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.config = config
         self.app = config.app

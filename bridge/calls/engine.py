@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ from bridge.webhooks import EventOutbox, Signer, Timeouts, WebhookClient
 
 log = structlog.get_logger(__name__)
 
-Runner = Callable[[CallSession, Any], Awaitable[list[Action] | None]]
+Runner = Callable[[CallSession, Any], Coroutine[Any, Any, list[Action] | None]]
 
 
 class CallEngine:

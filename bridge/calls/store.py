@@ -87,11 +87,16 @@ class CallStore:
         self._db.execute("DELETE FROM live_calls WHERE uuid=?", (uuid,))
 
     def all(self) -> list[CallRecord]:
-        rows = self._db.execute("SELECT * FROM live_calls").fetchall()
+        cursor = self._db.execute(
+            "SELECT uuid, conversation_uuid, channel_id, application_id, direction, from_number,"
+            " to_number, started_at, answered_at, ncco, position, replacements FROM live_calls"
+        )
         return [
-            CallRecord(*row[:9], ncco=json.loads(row[9]), position=row[10], replacements=row[11])
-            for row in rows
+            CallRecord(
+                uuid=row[0], conversation_uuid=row[1], channel_id=row[2], application_id=row[3],
+                direction=row[4], from_number=row[5], to_number=row[6], started_at=row[7],
+                answered_at=row[8], ncco=json.loads(row[9]), position=row[10],
+                replacements=row[11],
+            )
+            for row in cursor.fetchall()
         ]
-
-    def by_channel(self, channel_id: str) -> CallRecord | None:
-        return next((r for r in self.all() if r.channel_id == channel_id), None)

@@ -131,9 +131,7 @@ def password_for(state_dir: Path) -> str:
     return read_password(state_dir) or secrets.token_urlsafe(24)
 
 
-def write_credentials(
-    state_dir: Path, *, ari_url: str, password: str, app_name: str
-) -> Path:
+def write_credentials(state_dir: Path, *, ari_url: str, password: str, app_name: str) -> Path:
     """Write ``state_dir/ari.env`` (mode 0600) and return its path."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / CREDENTIALS_NAME
@@ -216,7 +214,7 @@ def ari_get(url: str, username: str, password: str, timeout: float = 2.0) -> tup
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
     req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()
             status = resp.status
     except urllib.error.HTTPError as exc:

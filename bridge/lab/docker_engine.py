@@ -1,14 +1,16 @@
 """The "docker" lab engine: the image from docker/asterisk.Dockerfile.
 
-The image carries the shipped asterisk-config/ in /etc/asterisk. The lab
-renders the same files with its overrides into ``state_dir/docker-etc`` and
-mounts that directory read-only over /etc/asterisk, and runs the container
+The image carries the shipped asterisk-config/. The lab renders the same
+files with its overrides into ``state_dir/docker-etc`` and mounts that
+directory read-only where the image's entrypoint copies its configuration
+from (see docker/asterisk-entrypoint.sh), and runs the container
 with host networking so ARI, SIP and RTP are on 127.0.0.1 as with the rootfs
 engine. The Python ``docker`` SDK is imported only when this engine is used.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +36,8 @@ from bridge.lab._model import (
 IMAGE_TAG = "ari-bridge-asterisk:lab"
 DOCKERFILE = "docker/asterisk.Dockerfile"
 START_DEADLINE_S = 60.0
+#: Where the image's entrypoint looks for the configuration to install.
+CONFIG_MOUNT = "/usr/local/share/ari-bridge/asterisk-config"
 
 
 def _container_name(opts: LabOptions) -> str:
@@ -44,7 +48,9 @@ def client() -> Any:
     """A connected Docker client, or LabError saying no engine is reachable."""
     where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        import docker
+        # importlib: the repository's docker/ directory would otherwise shadow
+        # the SDK for type checkers.
+        docker: Any = importlib.import_module("docker")
     except ImportError as exc:
         raise LabError(
             "the docker engine needs the Python package 'docker' "
@@ -62,11 +68,10 @@ def client() -> Any:
 
 
 def _find(c: Any, name: str) -> Any | None:
-    import docker.errors
-
+    errors: Any = importlib.import_module("docker.errors")
     try:
         return c.containers.get(name)
-    except docker.errors.NotFound:
+    except errors.NotFound:
         return None
 
 
@@ -123,7 +128,8 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
         name=name,
         detach=True,
         network_mode="host",
-        volumes={str(etc.resolve()): {"bind": "/etc/asterisk", "mode": "ro"}},
+        # The entrypoint copies this directory into /etc/asterisk at start.
+        volumes={str(etc.resolve()): {"bind": CONFIG_MOUNT, "mode": "ro"}},
         labels={"ari-bridge.lab.state_dir": str(state_dir.resolve())},
     )
 

@@ -174,9 +174,7 @@ def _run_debootstrap(exe: str, suite: str, target: Path, progress: Callable[[str
         # "I: Retrieving libc6 2.41-1" -> step "Retrieving": one line per step.
         words = line.split()
         step = words[1] if len(words) > 1 and words[0] in ("I:", "W:", "E:") else ""
-        if words and words[0] in ("W:", "E:"):
-            progress(f"  debootstrap: {line}")
-        elif step and step != last_step:
+        if (words and words[0] in ("W:", "E:")) or (step and step != last_step):
             progress(f"  debootstrap: {line}")
         last_step = step or last_step
     rc = proc.wait()
@@ -423,7 +421,8 @@ def cli(opts: LabOptions, command: str, timeout_s: float = 15.0) -> str:
         raise LabError(f"no lab Asterisk is running for {opts.state_dir}: run lab up first")
     _pid, state = found
     chroot = shutil.which("chroot") or "chroot"
-    cmd = [chroot, str(state["rootfs"]), ASTERISK, "-C", str(state["asterisk_conf"]), "-rx", command]
+    conf = str(state["asterisk_conf"])
+    cmd = [chroot, str(state["rootfs"]), ASTERISK, "-C", conf, "-rx", command]
     try:
         res = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL

@@ -77,6 +77,20 @@ def read_wav_info(path: Path) -> WavInfo:
         raise ValueError(f"{path.name}: not a PCM WAV file ({exc})") from exc
 
 
+def normalise_level(level: float) -> float:
+    """Validate a Vonage ``level`` and round it to its 0.1 precision.
+
+    Raises:
+        ValueError: ``level`` is outside -1..1 or not a finite number.
+    """
+    if isinstance(level, bool) or not isinstance(level, int | float) or not math.isfinite(level):
+        raise ValueError(f"level {level!r} must be a number between -1 and 1")
+    if not -1.0 <= level <= 1.0:
+        raise ValueError(f"level {level!r} must be between -1 and 1")
+    # "+ 0.0" turns -0.0 (from e.g. -0.04) into 0.0 so both share a cache key.
+    return round(level, 1) + 0.0
+
+
 def level_to_gain_db(level: float) -> float:
     """Map a Vonage ``level`` to a gain in dB.
 
@@ -88,16 +102,8 @@ def level_to_gain_db(level: float) -> float:
     Raises:
         ValueError: ``level`` is outside -1..1 or not a finite number.
     """
-    if isinstance(level, bool) or not isinstance(level, int | float) or not math.isfinite(level):
-        raise ValueError(f"level {level!r} must be a number between -1 and 1")
-    if not -1.0 <= level <= 1.0:
-        raise ValueError(f"level {level!r} must be between -1 and 1")
-    return round(level, 1) * DB_PER_LEVEL_UNIT
-
-
-def normalise_level(level: float) -> float:
-    """``level`` rounded to Vonage's 0.1 precision (validated), for cache keys."""
-    return level_to_gain_db(level) / DB_PER_LEVEL_UNIT
+    # Rounded again so 0.3 gives 3.0 dB, not 3.0000000000000004.
+    return round(normalise_level(level) * DB_PER_LEVEL_UNIT, 6) + 0.0
 
 
 async def run_tool(

@@ -68,6 +68,9 @@ class _Flight:
 
     task: asyncio.Task[MediaItem]
     waiters: int = 0
+    # Set when the last waiter left and the task was told to stop; a newcomer
+    # must then start afresh instead of inheriting that cancellation.
+    abandoned: bool = False
 
 
 class MediaStore:
@@ -250,7 +253,7 @@ class MediaStore:
         if item is not None:
             return item
         flight = self._flights.get(media_id)
-        if flight is None:
+        if flight is None or flight.abandoned:
             task = asyncio.create_task(
                 self._produce(media_id, produce), name=f"media-{media_id[:12]}"
             )
@@ -262,6 +265,7 @@ class MediaStore:
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
+                flight.abandoned = True
                 flight.task.cancel()
 
     def _flight_done(self, media_id: str, task: asyncio.Task[MediaItem]) -> None:

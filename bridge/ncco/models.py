@@ -111,7 +111,7 @@ class Wait(_Action):
 class Notify(_WithEventUrl):
     action: Literal["notify"]
     payload: dict[str, Any]
-    event_url: list[str] = Field(alias="eventUrl", min_length=1, max_length=1)  # type: ignore[assignment]
+    event_url: list[str] = Field(alias="eventUrl", min_length=1, max_length=1)
     NEEDS_MEDIA: ClassVar[bool] = False
 
 
@@ -303,7 +303,9 @@ def parse_ncco_bytes(body: bytes) -> list[Action]:
     except UnicodeDecodeError:
         raise NccoError("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise NccoError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        raise NccoError(
+            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     return parse_ncco(data)
 
 

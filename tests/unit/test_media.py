@@ -368,6 +368,10 @@ async def test_tts_cache_skips_provider(tmp_path: Path) -> None:
         await store.tts(SHORT, Voice("en-US", "female", 1))
         await store.tts(SHORT, EN_US_F, level=-0.5)
         assert tts.calls == 3
+        # Levels are compared at Vonage's 0.1 precision.
+        await store.tts(SHORT, EN_US_F, level=-0.04)
+        await store.tts(SHORT, EN_US_F, level=-0.51)
+        assert tts.calls == 3
     # A new store over the same directory reuses the files.
     tts2 = CountingTts(EspeakTts())
     async with MediaStore(tmp_path, tts2) as store2:
@@ -423,7 +427,8 @@ def test_level_mapping() -> None:
     assert level_to_gain_db(0) == 0
     assert level_to_gain_db(-1) == -10
     assert level_to_gain_db(0.5) == 5
-    assert level_to_gain_db(0.33) == pytest.approx(3.0)
+    assert level_to_gain_db(0.33) == 3.0
+    assert level_to_gain_db(-0.04) == 0.0
     for bad in (1.5, -1.01, float("nan")):
         with pytest.raises(ValueError, match="level"):
             level_to_gain_db(bad)
@@ -532,3 +537,17 @@ async def test_path_for_accepts_only_media_ids(store: MediaStore) -> None:
     ):
         assert store.path_for(bad) is None, bad
     assert store.path_for("0" * 64) is None  # well-formed but absent
+
+
+async def test_newcomer_after_abandonment_gets_fresh_work(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    tts = CountingTts(EspeakTts(), gate)
+    async with MediaStore(tmp_path, tts) as store:
+        a = asyncio.create_task(store.tts(SHORT, EN_US_F))
+        await asyncio.wait_for(tts.started.wait(), 5)
+        a.cancel()
+        # Joins while the abandoned production is still unwinding.
+        b = asyncio.create_task(store.tts(SHORT, EN_US_F))
+        gate.set()
+        item = await asyncio.wait_for(b, 10)
+    assert item.duration_s > 0 and tts.calls == 2

@@ -3,13 +3,13 @@ None, and may have ``check(action, index)`` for rules that need the bridge (voic
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bridge.ncco.actions import input, notify, stream, talk, wait
 from bridge.ncco.models import Action, NccoError
 
-RUNNERS: dict[str, Callable[[Any, Any], Awaitable[list[Action] | None]]] = {
+RUNNERS: dict[str, Callable[[Any, Any], Coroutine[Any, Any, list[Action] | None]]] = {
     "talk": talk.run,
     "stream": stream.run,
     "wait": wait.run,

@@ -13,7 +13,7 @@ import enum
 from typing import TYPE_CHECKING
 
 from bridge.ari.errors import AriError
-from bridge.ari.gateway import Event, new_id
+from bridge.ari.gateway import new_id
 from bridge.calls.session import WaitOutcome
 
 if TYPE_CHECKING:

@@ -16,7 +16,11 @@ def check(action: Talk, index: int) -> None:
     try:
         resolve_voice(action.voice_name, action.language, action.style)
     except ValueError as exc:
-        field = "language" if action.language else "voiceName"
+        message = str(exc)
+        field = next(
+            (f for f in ("style", "language", "voiceName") if message.startswith(f)),
+            "language" if action.language else "voiceName",
+        )
         raise NccoError(str(exc), f"[{index}].{field}") from None
 
 

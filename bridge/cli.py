@@ -1,0 +1,233 @@
+"""ari-bridge command line: serve | validate | check-config | lab | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from bridge.config import ConfigError, load_config
+from bridge.logging import setup_logging
+from bridge.ncco.actions import check as check_runnable
+from bridge.ncco.models import NccoError, parse_ncco_bytes
+
+DEFAULT_LAB_STATE = Path("/var/lib/ari-bridge/lab")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"ari-bridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ari-bridge", description=__doc__)
+    sub = parser.add_subparsers(metavar="command")
+
+    serve = sub.add_parser("serve", help="run the bridge")
+    serve.add_argument("--config", type=Path, help="YAML configuration file")
+    serve.set_defaults(handler=_serve)
+
+    validate = sub.add_parser("validate", help="validate an NCCO JSON file ('-' for stdin)")
+    validate.add_argument("file")
+    validate.set_defaults(handler=_validate)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("--config", type=Path, required=True)
+    check.set_defaults(handler=_check_config)
+
+    lab = sub.add_parser("lab", help="the local Asterisk 22 lab")
+    lab.add_argument("action", choices=["up", "down", "status"])
+    _lab_options(lab)
+    lab.set_defaults(handler=_lab)
+
+    demo = sub.add_parser(
+        "demo", help="lab + bridge + example application + one demo call, then keep serving"
+    )
+    _lab_options(demo)
+    demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--app-port", type=int, default=8000)
+    demo.add_argument("--once", action="store_true", help="exit after the demo call")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _lab_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_LAB_STATE)
+    parser.add_argument("--ari-port", type=int, default=8088)
+    parser.add_argument("--sip-port", type=int, default=5060)
+    parser.add_argument("--rtp-start", type=int, default=10000)
+    parser.add_argument("--rtp-end", type=int, default=10999)
+    parser.add_argument("--suite", choices=["testing", "sid"], default="testing")
+    parser.add_argument("--engine", choices=["rootfs", "docker"], default="rootfs")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/var/cache/ari-bridge"))
+
+
+def _lab_opts(args: argparse.Namespace) -> Any:
+    from bridge.lab import LabOptions
+
+    return LabOptions(
+        state_dir=args.state_dir, ari_port=args.ari_port, sip_port=args.sip_port,
+        rtp_start=args.rtp_start, rtp_end=args.rtp_end, suite=args.suite,
+        engine=args.engine, cache_dir=args.cache_dir,
+    )
+
+
+# ------------------------------------------------------------------------- commands
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    setup_logging(config.log.level, config.log.json_output)
+    from bridge.app import BridgeService
+
+    asyncio.run(_run_until_signal(BridgeService(config).serve_forever()))
+    return 0
+
+
+async def _run_until_signal(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _validate(args: argparse.Namespace) -> int:
+    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        actions = parse_ncco_bytes(body)
+        check_runnable(actions)
+    except NccoError as exc:
+        print(f"invalid NCCO: {exc}", file=sys.stderr)
+        return 1
+    print(f"valid NCCO: {', '.join(a.action for a in actions)}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"configuration OK: {len(config.applications)} application(s), "
+          f"{len(config.numbers)} number(s), {len(config.trunks)} trunk(s)")
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from bridge.lab import LabError, lab_down, lab_status, lab_up
+
+    opts = _lab_opts(args)
+    try:
+        if args.action == "up":
+            info = lab_up(opts)
+            _print_lab(info)
+        elif args.action == "down":
+            stopped = lab_down(opts)
+            print("lab stopped" if stopped else "lab was not running")
+        else:
+            status = lab_status(opts)
+            if status is None:
+                print(f"lab is down (state directory {opts.state_dir})")
+                return 3
+            _print_lab(status)
+    except LabError as exc:
+        print(f"ari-bridge lab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_lab(info: Any) -> None:
+    print(f"lab is up: Asterisk {info.asterisk_version} (engine {info.engine}, pid {info.pid})")
+    print(f"  ARI:         {info.ari_url}  app {info.app_name}")
+    print(f"  credentials: {info.credentials_file}")
+    print(f"  SIP (UDP):   {info.sip_host}:{info.sip_port}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bridge.lab import LabError, lab_up
+
+    setup_logging(os.environ.get("ARI_BRIDGE_LOG__LEVEL", "warning"))
+    try:
+        info = lab_up(_lab_opts(args))
+    except LabError as exc:
+        print(f"ari-bridge demo: {exc}", file=sys.stderr)
+        return 1
+    _print_lab(info)
+    return asyncio.run(_demo_async(args, info))
+
+
+async def _demo_async(args: argparse.Namespace, info: Any) -> int:
+    from bridge.app import BridgeService
+    from bridge.examples import welcome
+    from bridge.lab.sipp import RtpReceiver, place_call
+
+    app_url = f"http://127.0.0.1:{args.app_port}"
+    runner = await welcome.serve("127.0.0.1", args.app_port, lambda line: print("  " + line))
+    config = load_config(None, overrides={
+        "ari": {"url": info.ari_url, "username": info.ari_username,
+                "password": info.ari_password, "app": info.app_name},
+        "http": {"host": "127.0.0.1", "port": args.http_port},
+        "store": {"path": str(args.state_dir / "calls.sqlite3")},
+        "media": {"path": str(args.state_dir / "media")},
+        "applications": [{"id": "welcome", "answer_url": f"{app_url}/answer",
+                          "event_url": f"{app_url}/event"}],
+        "numbers": {"*": "welcome"},
+    })
+    bridge = BridgeService(config)
+    await bridge.start()
+    try:
+        if not await bridge.gateway.wait_connected(30):
+            print(f"the bridge could not reach ARI: {bridge.gateway.last_error}", file=sys.stderr)
+            return 1
+        print(f"bridge is up: {bridge.base_url} (health: {bridge.base_url}/healthz)")
+        print("placing a demo call with sipp to 15551230000 ...")
+        receiver = await RtpReceiver.open()
+        try:
+            result = await place_call(info.sip_host, info.sip_port, "15551230000",
+                                      rtp_port=receiver.port)
+        finally:
+            receiver.close()
+        print(f"demo call {'completed' if result.ok else 'FAILED'}: SIP {result.statuses}, "
+              f"{receiver.audio_seconds():.1f} s of audio heard, "
+              f"{receiver.voiced_seconds():.1f} s of it speech")
+        if not result.ok:
+            print(result.errors[-2000:], file=sys.stderr)
+            return 1
+        await _wait_for_completed(runner)
+        if args.once:
+            return 0
+        print(json.dumps({"answer_url": f"{app_url}/answer", "sip": f"{info.sip_host}:"
+                          f"{info.sip_port}"}))
+        print("serving; call the lab's SIP address to try again. Ctrl-C to stop.")
+        await _run_until_signal(asyncio.Event().wait())
+        return 0
+    finally:
+        await bridge.stop()
+        await runner.cleanup()
+
+
+async def _wait_for_completed(runner: Any) -> None:
+    from bridge.examples.welcome import EVENTS_KEY
+
+    events = runner.app[EVENTS_KEY]
+    for _ in range(100):
+        if any(e.get("status") == "completed" for e in events):
+            return
+        await asyncio.sleep(0.05)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Real SIP callers for the lab, the demo, the tests and the benchmarks: sipp, driven from Python.
+
+A caller is a sipp UAC scenario built here (so each test says what its caller does: wait, press
+keys, hang up after a while). Its SDP advertises a media port owned by an ``RtpReceiver`` in
+this process, so what reached the caller can be measured: packets, duration, loudness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+PCAP_DIR = Path("/usr/share/sip-tester")
+_DTMF_FILES = {"*": "star", "#": "pound"}
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port that was free on 127.0.0.1 a moment ago (bind to 0, read, close)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------------- scenario steps
+@dataclass(frozen=True)
+class Pause:
+    ms: int
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    """Send one key as RFC 4733 events (sipp plays its bundled pcap)."""
+
+    digit: str
+
+
+@dataclass(frozen=True)
+class HangUp:
+    """The caller sends BYE."""
+
+
+Step = Pause | Dtmf | HangUp
+
+_INVITE = """
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "{caller}" <sip:{caller}@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:{caller}@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=caller 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio {rtp_port} RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-16
+      a=sendrecv
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+"""
+
+_ACK = """
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "{caller}" <sip:{caller}@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Contact: <sip:{caller}@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+_BYE = """
+  <send retrans="500">
+    <![CDATA[
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "{caller}" <sip:{caller}@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Contact: <sip:{caller}@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+"""
+
+_WAIT_BYE = """
+  <recv request="BYE" timeout="{timeout_ms}"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:{caller}@[local_ip]:[local_port]>
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+def uac_scenario(
+    caller: str,
+    rtp_port: int,
+    steps: list[Step] | None = None,
+    expect_status: int = 200,
+    wait_bye_ms: int = 120_000,
+) -> str:
+    """A caller scenario: INVITE, then either the expected final status (a failure code: the
+    scenario ends there) or 200 + ACK, the ``steps``, and a wait for the far end's BYE unless
+    a step hangs up first."""
+    caller = escape(caller)
+    parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="caller">']
+    parts.append(_INVITE.format(caller=caller, rtp_port=rtp_port))
+    if expect_status != 200:
+        parts.append(f'  <recv response="{expect_status}"/>')
+        parts.append(_ACK.format(caller=caller).replace("[peer_tag_param]", "[peer_tag_param]"))
+        parts.append("</scenario>")
+        return "\n".join(parts)
+    parts.append('  <recv response="200" rtd="true"/>')
+    parts.append(_ACK.format(caller=caller))
+    hung_up = False
+    for step in steps or []:
+        if isinstance(step, Pause):
+            parts.append(f'  <pause milliseconds="{step.ms}"/>')
+        elif isinstance(step, Dtmf):
+            name = _DTMF_FILES.get(step.digit, step.digit)
+            pcap = PCAP_DIR / f"dtmf_2833_{name}.pcap"
+            parts.append(
+                f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>'
+            )
+        elif isinstance(step, HangUp):
+            parts.append(_BYE.format(caller=caller))
+            hung_up = True
+            break
+    if not hung_up:
+        parts.append(_WAIT_BYE.format(caller=caller, timeout_ms=wait_bye_ms))
+    parts.append("</scenario>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- RTP receiver
+_ULAW = []
+for _byte in range(256):
+    _u = ~_byte & 0xFF
+    _t = ((_u & 0x0F) << 3) + 0x84
+    _t <<= (_u & 0x70) >> 4
+    _ULAW.append((0x84 - _t) if _u & 0x80 else (_t - 0x84))
+
+
+@dataclass
+class RtpPacket:
+    arrived: float
+    payload_type: int
+    seq: int
+    payload: bytes
+
+
+class RtpReceiver(asyncio.DatagramProtocol):
+    """Listens where the caller's SDP says media goes; keeps every packet."""
+
+    def __init__(self) -> None:
+        self.packets: list[RtpPacket] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+
+    @classmethod
+    async def open(cls, host: str = "127.0.0.1") -> RtpReceiver:
+        loop = asyncio.get_running_loop()
+        receiver = cls()
+        transport, _ = await loop.create_datagram_endpoint(lambda: receiver, local_addr=(host, 0))
+        receiver.transport = transport
+        receiver.port = int(transport.get_extra_info("sockname")[1])
+        return receiver
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if len(data) < 12 or data[0] >> 6 != 2:
+            return
+        header_len = 12 + 4 * (data[0] & 0x0F)
+        self.packets.append(RtpPacket(
+            arrived=time.monotonic(),
+            payload_type=data[1] & 0x7F,
+            seq=int.from_bytes(data[2:4], "big"),
+            payload=data[header_len:],
+        ))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def audio_packets(self) -> list[RtpPacket]:
+        return [p for p in self.packets if p.payload_type == 0]
+
+    def audio_seconds(self) -> float:
+        """Seconds of PCMU received (8000 samples per second, one byte per sample)."""
+        return sum(len(p.payload) for p in self.audio_packets()) / 8000.0
+
+    def voiced_seconds(self, threshold: float = 500.0) -> float:
+        """Seconds of 20 ms frames whose RMS level exceeds ``threshold`` (not silence)."""
+        voiced = 0.0
+        for packet in self.audio_packets():
+            samples = [_ULAW[b] for b in packet.payload]
+            if samples:
+                rms = math.sqrt(sum(s * s for s in samples) / len(samples))
+                if rms > threshold:
+                    voiced += len(samples) / 8000.0
+        return voiced
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class SippResult:
+    returncode: int
+    messages: str
+    errors: str
+    elapsed_s: float
+    statuses: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def sipp_binary() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        raise RuntimeError("sipp is not installed: apt-get install sip-tester")
+    return path
+
+
+async def place_call(
+    sip_host: str,
+    sip_port: int,
+    number: str,
+    *,
+    rtp_port: int,
+    caller: str = "15550001111",
+    steps: list[Step] | None = None,
+    expect_status: int = 200,
+    timeout_s: float = 60.0,
+) -> SippResult:
+    """Place one call with sipp and wait for it to end. Never raises for a failed call:
+    the result says what sipp saw (SIP statuses received, exit code)."""
+    scenario = uac_scenario(caller, rtp_port, steps, expect_status)
+    with tempfile.TemporaryDirectory(prefix="ari-bridge-sipp-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "caller.xml").write_text(scenario)
+        media_port = free_port()
+        args = [
+            sipp_binary(), f"{sip_host}:{sip_port}",
+            "-sf", "caller.xml", "-s", number, "-m", "1", "-l", "1",
+            "-i", "127.0.0.1", "-p", str(free_port()),
+            "-mp", str(media_port), "-min_rtp_port", str(media_port),
+            "-max_rtp_port", str(media_port + 10),
+            "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
+            "-trace_msg", "-message_file", "messages.log",
+            "-trace_err", "-error_file", "errors.log",
+        ]
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *args, cwd=workdir, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(proc.communicate(), timeout_s + 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            stderr = b"sipp did not finish in time"
+        elapsed = time.monotonic() - started
+        messages = _read(workdir / "messages.log")
+        errors = _read(workdir / "errors.log") + stderr.decode(errors="replace")
+    statuses = [int(code) for code in re.findall(r"^SIP/2\.0 (\d{3})", messages, re.M)]
+    return SippResult(proc.returncode or 0, messages, errors, elapsed, statuses)
+
+
+def _read(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")
+    return ""

@@ -1,0 +1,29 @@
+# Asterisk 22 for ari-bridge, configured with the repository's asterisk-config/.
+# Build from the repository root:
+#   docker build -f docker/asterisk.Dockerfile -t ari-bridge-asterisk .
+# Keep the package list in step with bridge/lab/rootfs.py (PACKAGES).
+FROM debian:testing-slim
+
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      asterisk asterisk-modules asterisk-core-sounds-en-wav \
+      asterisk-moh-opsound-wav asterisk-mp3 \
+ && rm -rf /var/lib/apt/lists/*
+
+# Only our configuration: drop the stock sample files.
+RUN rm -rf /etc/asterisk && mkdir -p /etc/asterisk /usr/local/share/ari-bridge
+COPY asterisk-config/ /usr/local/share/ari-bridge/asterisk-config/
+COPY asterisk-config/ /etc/asterisk/
+COPY docker/asterisk-entrypoint.sh /usr/local/bin/asterisk-entrypoint
+RUN chmod 0755 /usr/local/bin/asterisk-entrypoint \
+ && chown -R asterisk:asterisk /etc/asterisk
+
+# /etc/hosts: Docker writes one naming localhost and the container's host
+# name (with network_mode: host, the host's own), which Asterisk needs to
+# avoid a ~5 s name-resolution stall per call; nothing to do here.
+
+# ARI (loopback only, see http.conf), SIP, RTP (rtp.conf).
+EXPOSE 8088/tcp 5060/udp 10000-20000/udp
+
+ENTRYPOINT ["/usr/local/bin/asterisk-entrypoint"]
+CMD ["/usr/sbin/asterisk", "-f", "-U", "asterisk", "-G", "asterisk"]
