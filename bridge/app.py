@@ -124,6 +124,10 @@ class BridgeService:
         return self.app[ENGINE_KEY]
 
     @property
+    def media(self) -> MediaStore:
+        return self.app[MEDIA_KEY]
+
+    @property
     def gateway(self) -> AriGateway:
         return self.app[GATEWAY_KEY]
 

@@ -136,7 +136,7 @@ class CallSession:
     def _mark_gone(self, event: Event) -> None:
         if self.gone.is_set():
             return
-        if event.get("type") == "ChannelHangupRequest" or self.state is not CallState.ENDING:
+        if self.state is not CallState.ENDING:  # we did not hang up, so the far end did
             self.disconnected_by = "user"
         cause = event.get("cause_txt") or event.get("cause")
         self.hangup_cause = str(cause) if cause is not None else None

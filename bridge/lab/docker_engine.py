@@ -145,6 +145,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     version = wait_for_ari(
         ari_url, password, deadline_s=START_DEADLINE_S, still_running=running, on_failure=failure
     )
+    progress(f"Asterisk {version} ready in {name}; ARI credentials in {creds}")
     info = LabInfo(
         ari_url=ari_url,
         ari_username=render.ARI_USERNAME,

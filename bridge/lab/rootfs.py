@@ -57,6 +57,8 @@ STAMP_NAME = ".ari-bridge-rootfs.json"
 #: Parent of the instance directories, as seen inside the tree.
 LABS_DIR = "/srv/ari-bridge-labs"
 ASTERISK = "/usr/sbin/asterisk"
+#: File in each instance directory naming its state directory.
+OWNER_NAME = "state-dir"
 #: Seconds to wait for ARI after start, and for exit after SIGTERM.
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 10.0
@@ -166,17 +168,19 @@ def _run_debootstrap(exe: str, suite: str, target: Path, progress: Callable[[str
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
     )
     assert proc.stdout is not None
-    last_step = ""
+    seen_steps: set[str] = set()
     recent: list[str] = []
     for raw in proc.stdout:
         line = raw.rstrip()
         recent = [*recent[-19:], line]
-        # "I: Retrieving libc6 2.41-1" -> step "Retrieving": one line per step.
+        # "I: Retrieving libc6 2.41-1" is step "Retrieving": report each step
+        # once (a build has ~15), and every warning or error.
         words = line.split()
-        step = words[1] if len(words) > 1 and words[0] in ("I:", "W:", "E:") else ""
-        if (words and words[0] in ("W:", "E:")) or (step and step != last_step):
+        if words and words[0] in ("W:", "E:"):
             progress(f"  debootstrap: {line}")
-        last_step = step or last_step
+        elif len(words) > 1 and words[0] == "I:" and words[1] not in seen_steps:
+            seen_steps.add(words[1])
+            progress(f"  debootstrap: {line}")
     rc = proc.wait()
     if rc != 0:
         raise LabError(
@@ -219,6 +223,26 @@ def prepare_tree(root: Path) -> None:
 def _instance_paths(opts: LabOptions, root: Path) -> tuple[str, Path]:
     inner = f"{LABS_DIR}/{instance_id(opts.state_dir)}"
     return inner, root / inner.lstrip("/")
+
+
+def _prune_instances(labs_dir: Path) -> None:
+    """Remove instance directories whose state directory no longer exists.
+
+    Each instance directory names its state directory in ``OWNER_NAME``;
+    labs started from temporary state directories (tests) leave nothing
+    behind once those are gone. A directory whose Asterisk still runs is
+    kept.
+    """
+    if not labs_dir.is_dir():
+        return
+    for inst in labs_dir.iterdir():
+        try:
+            owner = Path((inst / OWNER_NAME).read_text().strip())
+        except OSError:
+            continue
+        if owner.exists() or (inst / "run" / "asterisk.ctl").exists():
+            continue
+        shutil.rmtree(inst, ignore_errors=True)
 
 
 def _read_pid(state_dir: Path) -> int | None:
@@ -289,8 +313,10 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     state_dir = opts.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     inner, host_dir = _instance_paths(opts, root)
+    _prune_instances(host_dir.parent)
     for sub in render.INSTANCE_DIR_KEYS.values():
         (host_dir / sub).mkdir(parents=True, exist_ok=True)
+    (host_dir / OWNER_NAME).write_text(f"{state_dir.resolve()}\n")
     # Leftovers of an instance that was killed would confuse the new one.
     for stale in (host_dir / "run").iterdir():
         if stale.is_file() or stale.is_socket():
@@ -353,6 +379,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
         still_running=lambda: proc.poll() is None,
         on_failure=failure,
     )
+    progress(f"Asterisk {version} ready (pid {proc.pid}); ARI credentials in {creds}")
     info = LabInfo(
         ari_url=ari_url,
         ari_username=render.ARI_USERNAME,

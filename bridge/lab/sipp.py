@@ -282,8 +282,7 @@ async def place_call(
             sipp_binary(), f"{sip_host}:{sip_port}",
             "-sf", "caller.xml", "-s", number, "-m", "1", "-l", "1",
             "-i", "127.0.0.1", "-p", str(free_port()),
-            "-mp", str(media_port), "-min_rtp_port", str(media_port),
-            "-max_rtp_port", str(media_port + 10),
+            "-mp", str(media_port),
             "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
             "-trace_msg", "-message_file", "messages.log",
             "-trace_err", "-error_file", "errors.log",
@@ -302,7 +301,9 @@ async def place_call(
         elapsed = time.monotonic() - started
         messages = _read(workdir / "messages.log")
         errors = _read(workdir / "errors.log") + stderr.decode(errors="replace")
-    statuses = [int(code) for code in re.findall(r"^SIP/2\.0 (\d{3})", messages, re.M)]
+    statuses = [
+        int(code) for code in re.findall(r"message received[^\n]*\n+\s*SIP/2\.0 (\d{3})", messages)
+    ]
     return SippResult(proc.returncode or 0, messages, errors, elapsed, statuses)
 
 

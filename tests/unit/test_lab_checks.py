@@ -175,7 +175,9 @@ def test_shipped_defaults_are_the_documented_ones() -> None:
 def test_set_option_adds_missing_key_and_section() -> None:
     text = "; c\n[general]\na = 1\n\n[other]\nb = 2\n"
     assert set_option(text, "general", "a", "9") == "; c\n[general]\na = 9\n\n[other]\nb = 2\n"
-    assert set_option(text, "general", "z", "3") == "; c\n[general]\na = 1\nz = 3\n\n[other]\nb = 2\n"
+    assert (
+        set_option(text, "general", "z", "3") == "; c\n[general]\na = 1\nz = 3\n\n[other]\nb = 2\n"
+    )
     assert set_option(text, "new", "k", "v").endswith("\n[new]\nk = v\n")
     assert set_option("[d]\nx => 1\n", "d", "x", "2") == "[d]\nx => 2\n"
     # A commented-out key is not taken for the real one.

@@ -1,0 +1,205 @@
+"""The integration harness: one lab Asterisk per test session, a bridge per test, a scripted
+webhook application, and real callers (sipp) whose audio is received and measured here.
+
+Each test dials its own number; the webhook application decides what to answer by the number
+dialled (``to``), so tests are independent without restarting anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bridge.app import BridgeService
+from bridge.config import load_config
+from bridge.lab import LabInfo, LabOptions, lab_down, lab_up
+from bridge.lab.sipp import RtpReceiver, SippResult, Step, free_port, place_call
+from tests.integration.harness import (
+    POST_NUMBER,
+    UNREACHABLE_NUMBER,
+    Recorded,
+    Reply,
+    WebhookApp,
+    _pick,
+    _respond,
+)
+
+pytestmark = pytest.mark.integration
+
+# ---------------------------------------------------------------------------- the lab
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (the lab runs Asterisk in a chroot)")
+    rtp = free_port()
+    opts = LabOptions(
+        state_dir=tmp_path_factory.mktemp("lab"),
+        ari_port=free_port(), sip_port=free_port(),
+        rtp_start=40000 + (rtp % 10000), rtp_end=40000 + (rtp % 10000) + 400,
+    )
+    info = lab_up(opts)
+    yield info
+    lab_down(opts)
+
+
+# ------------------------------------------------------------------ webhook application
+@pytest.fixture(scope="session")
+async def webhooks(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WebhookApp]:
+    state = WebhookApp()
+    audio_dir = tmp_path_factory.mktemp("audio")
+    state.files = _make_audio(audio_dir)
+
+    async def record(request: web.Request) -> Recorded:
+        raw = await request.read()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        item = Recorded(request.path, request.method, dict(request.query), parsed,
+                        dict(request.headers), time.monotonic())
+        state.requests.append(item)
+        return item
+
+    def number_of(item: Recorded) -> str:
+        if item.method == "GET":
+            return item.query.get("to", "")
+        return str((item.json or {}).get("to", ""))
+
+    async def answer(request: web.Request) -> web.Response:
+        item = await record(request)
+        number = number_of(item)
+        replies = state.answers.get(number) or [Reply(status=404)]
+        count = len([r for r in state.of("/answer") if number_of(r) == number]) - 1
+        return await _respond(_pick(replies, count))
+
+    async def fallback(request: web.Request) -> web.Response:
+        item = await record(request)
+        number = number_of(item)
+        replies = state.fallbacks.get(number) or [Reply(status=500)]
+        count = len([r for r in state.of("/fallback") if number_of(r) == number]) - 1
+        return await _respond(_pick(replies, count))
+
+    async def event(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(status=204)
+
+    async def hook(request: web.Request) -> web.Response:
+        await record(request)
+        name = request.match_info["name"]
+        replies = state.hooks.get(name) or [Reply(status=204)]
+        return await _respond(_pick(replies, len(state.of(request.path)) - 1))
+
+    async def audio(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in state.files:
+            raise web.HTTPNotFound()
+        kind = "audio/mpeg" if name.endswith(".mp3") else "audio/wav"
+        return web.Response(body=state.files[name], content_type=kind)
+
+    app = web.Application(client_max_size=8 << 20)
+    app.router.add_route("*", "/answer", answer)
+    app.router.add_route("*", "/fallback", fallback)
+    app.router.add_route("*", "/event", event)
+    app.router.add_route("*", "/hook/{name}", hook)
+    app.router.add_get("/audio/{name}", audio)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port(socket.SOCK_STREAM)
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    state.url = f"http://127.0.0.1:{port}"
+    yield state
+    await runner.cleanup()
+
+
+def _make_audio(folder: Path) -> dict[str, bytes]:
+    """A 2-second 440 Hz tone as wav and mp3, and a file that is not audio."""
+    wav = folder / "tone.wav"
+    mp3 = folder / "tone.mp3"
+    subprocess.run(["sox", "-n", "-r", "16000", "-b", "16", "-c", "1", str(wav),
+                    "synth", "2", "sine", "440", "gain", "-6"], check=True)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), str(mp3)], check=True)
+    return {"tone.wav": wav.read_bytes(), "tone.mp3": mp3.read_bytes(),
+            "notaudio.mp3": b"<html>this is not audio</html>" * 50}
+
+
+# ------------------------------------------------------------------------- the bridge
+def bridge_config(lab: LabInfo, webhooks: WebhookApp, tmp: Path, **ari: Any) -> Any:
+    app_defaults = {
+        "event_url": f"{webhooks.url}/event",
+        "fallback_answer_url": f"{webhooks.url}/fallback",
+        "timeouts": {"connect_ms": 300, "answer_read_ms": 1000, "event_read_ms": 2000},
+        "max_ncco_replacements": 5,
+    }
+    return load_config(None, environ={}, overrides={
+        "ari": {"url": lab.ari_url, "username": lab.ari_username,
+                "password": lab.ari_password, "app": lab.app_name,
+                "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "ping_interval_s": 1.0,
+                **ari},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "store": {"path": str(tmp / "calls.sqlite3")},
+        "media": {"path": str(tmp / "media")},
+        "applications": [
+            {"id": "main", "answer_url": f"{webhooks.url}/answer", **app_defaults},
+            {"id": "post", "answer_url": f"{webhooks.url}/answer", "answer_method": "POST",
+             **app_defaults},
+            {"id": "unreachable", "answer_url": f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}/x",
+             **app_defaults},
+        ],
+        "numbers": {"*": "main", POST_NUMBER: "post", UNREACHABLE_NUMBER: "unreachable"},
+    })
+
+
+@pytest.fixture
+async def bridge(lab: LabInfo, webhooks: WebhookApp, tmp_path: Path
+                 ) -> AsyncIterator[BridgeService]:
+    service = BridgeService(bridge_config(lab, webhooks, tmp_path))
+    await service.start()
+    assert await service.gateway.wait_connected(20), service.gateway.last_error
+    yield service
+    await service.stop()
+    await _hang_up_leftovers(lab)
+
+
+async def _hang_up_leftovers(lab: LabInfo) -> None:
+    """Reset ARI state between tests: no channel may outlive its test."""
+    auth = aiohttp.BasicAuth(lab.ari_username, lab.ari_password)
+    async with aiohttp.ClientSession(auth=auth) as http:
+        async with http.get(f"{lab.ari_url}/ari/channels") as resp:
+            channels = await resp.json()
+        for channel in channels:
+            async with http.delete(f"{lab.ari_url}/ari/channels/{channel['id']}"):
+                pass
+
+
+# ------------------------------------------------------------------------ the caller
+@dataclass
+class Call:
+    sip: SippResult
+    audio: RtpReceiver
+
+
+@pytest.fixture
+def dial(lab: LabInfo) -> Callable[..., Any]:
+    async def dial(number: str, steps: list[Step] | None = None, expect_status: int = 200,
+                   timeout_s: float = 60.0) -> Call:
+        receiver = await RtpReceiver.open()
+        try:
+            result = await place_call(lab.sip_host, lab.sip_port, number,
+                                      rtp_port=receiver.port, steps=steps,
+                                      expect_status=expect_status, timeout_s=timeout_s)
+        finally:
+            receiver.close()
+        return Call(result, receiver)
+
+    return dial
