@@ -248,17 +248,20 @@ class CallSession:
                 with contextlib.suppress(ChannelGone):
                     await self.gateway.ring(self.channel_id)
                 actions = await self._fetch_answer_ncco()
-                if actions is None:
-                    self._transition(CallState.ENDING, "no_ncco")
-                    await self.gateway.hangup(self.channel_id, "congestion")
-                    return
-                self.actions = actions
-                self.position = 0
-                self._save_progress()
-                self._transition(CallState.RUNNING, "ncco")
-            await self._run_actions()
-            self._transition(CallState.ENDING, "ncco_done" if not self.gone.is_set() else "hangup")
-            await self.gateway.hangup(self.channel_id)
+                if actions is not None:
+                    self.actions = actions
+                    self.position = 0
+                    self._save_progress()
+                    self._transition(CallState.RUNNING, "ncco")
+            if self.state is CallState.RUNNING:
+                await self._run_actions()
+                self._transition(CallState.ENDING, "hangup" if self.gone.is_set() else "ncco_done")
+                await self.gateway.hangup(self.channel_id)
+            else:
+                # No usable NCCO: congestion makes Asterisk answer the INVITE with 503, so a
+                # trunk can route the call elsewhere, as when the bridge is not connected.
+                self._transition(CallState.ENDING, "no_ncco")
+                await self.gateway.hangup(self.channel_id, "congestion")
         except ChannelGone:
             self._transition(CallState.ENDING, "channel_gone")
         except AriError as exc:

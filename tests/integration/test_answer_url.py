@@ -1,0 +1,84 @@
+"""answer_url failures: Vonage's retry rule, fallback_answer_url, and a clean end of the call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.harness import UNREACHABLE_NUMBER, Reply, new_number
+
+pytestmark = pytest.mark.integration
+
+TALK = [{"action": "talk", "text": "From the fallback."}]
+
+# (case id, what answer_url replies, requests expected at answer_url, words the reason holds)
+CASES = [
+    ("404", Reply(status=404), 1, ["http 404"]),
+    ("500", Reply(status=500), 1, ["http 500"]),
+    ("503 is retried", Reply(status=503), 2, ["http 503"]),
+    ("slow is retried", Reply(json=TALK, delay_s=1.6), 2, ["read timeout"]),
+    ("not json", Reply(body=b"<html>hello</html>", content_type="text/html"), 1,
+     ["not valid JSON"]),
+    ("not an array", Reply(json={"action": "talk", "text": "hi"}), 1, ["JSON array"]),
+    ("unknown action", Reply(json=[{"action": "dance"}]), 1, ["[0].action", "dance"]),
+    ("wrong type", Reply(json=[{"action": "talk", "text": "hi", "loop": "often"}]), 1,
+     ["[0].loop"]),
+    ("out of range", Reply(json=[{"action": "wait", "timeout": 0}]), 1, ["[0].timeout"]),
+    ("missing field", Reply(json=[{"action": "stream"}]), 1, ["[0].streamUrl"]),
+    ("2 MB body", Reply(body=b"[" + b" " * (2 << 20) + b"]"), 1, ["body exceeds"]),
+]
+
+
+@pytest.mark.parametrize(("reply", "attempts", "words"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+async def test_failing_answer_url_uses_fallback_then_ends_the_call(bridge, webhooks, dial,
+                                                                  reply, attempts, words):
+    number = new_number()
+    webhooks.answer(number, reply)
+    webhooks.fallback(number, Reply(status=500))
+
+    call = await dial(number, expect_status=503)
+
+    assert call.sip.statuses[-1] == 503  # a trunk can route the call elsewhere
+    await webhooks.wait_completed(number)
+    asked = [r for r in webhooks.of("/answer") if r.query.get("to") == number]
+    assert len(asked) == attempts
+    [fallback] = [r for r in webhooks.of("/fallback") if r.query.get("to") == number]
+    for word in words:
+        assert word in fallback.query["reason"]
+    assert json.loads(fallback.query["original_request"]) == {
+        "url": f"{webhooks.url}/answer", "method": "GET"}
+    assert fallback.query["uuid"] == asked[0].query["uuid"]
+    [error] = webhooks.errors(number)
+    for word in [*words, "http 500"]:
+        assert word in error
+    assert webhooks.statuses(number) == ["started", "ringing", "completed"]
+
+
+async def test_unreachable_answer_url_is_retried_then_fallback_answers(bridge, webhooks, dial):
+    webhooks.fallback(UNREACHABLE_NUMBER, TALK)
+
+    call = await dial(UNREACHABLE_NUMBER)
+
+    assert call.sip.ok, call.sip.errors
+    await webhooks.wait_completed(UNREACHABLE_NUMBER)
+    [fallback] = [r for r in webhooks.of("/fallback") if r.query.get("to") == UNREACHABLE_NUMBER]
+    assert "connection refused" in fallback.query["reason"]
+    assert webhooks.statuses(UNREACHABLE_NUMBER) == [
+        "started", "ringing", "answered", "completed"]
+    assert any("fallback_answer_url" in e for e in webhooks.errors(UNREACHABLE_NUMBER))
+    assert call.audio.voiced_seconds() > 0.3
+
+
+async def test_seed_sample_with_string_numbers_is_accepted(bridge, webhooks, dial):
+    """The 2017 reference writes booleans and numbers as strings; they run as written."""
+    number = new_number()
+    webhooks.answer(number, [{"action": "talk", "text": "Welcome", "voiceName": "Amy",
+                              "bargeIn": "false", "loop": "1"}])
+
+    call = await dial(number)
+
+    assert call.sip.ok
+    await webhooks.wait_completed(number)
+    assert webhooks.errors(number) == []
