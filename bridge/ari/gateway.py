@@ -19,15 +19,18 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
+from urllib.parse import urlparse
 
 import aioari
 import aiohttp
 import structlog
+from aioswagger11.http_client import ApiKeyAuthenticator, AsynchronousHttpClient
 
 from bridge.ari.errors import AriError, AriUnavailable, ChannelGone
 from bridge.config import AriConfig
@@ -116,8 +119,9 @@ class AriGateway:
         return self.connected
 
     async def start(self) -> None:
+        credentials = f"{self.config.username}:{self.config.password.get_secret_value()}"
         self._http = aiohttp.ClientSession(
-            auth=aiohttp.BasicAuth(self.config.username, self.config.password.get_secret_value()),
+            headers={"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()},
             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout_s),
             connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
         )
@@ -126,58 +130,69 @@ class AriGateway:
     async def stop(self) -> None:
         self._stopping = True
         if self._ws is not None:
-            await self._ws.close()
+            await self._ws.close()  # ends the reader; _run then closes the client itself
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 2)
+            except TimeoutError:
+                self._task.cancel()  # it was waiting to reconnect: nothing open to close
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         if self._http is not None:
             await self._http.close()
 
     async def _run(self) -> None:
         delay = self.config.reconnect_min_s
         while not self._stopping:
-            client = None
+            client = self._new_client()
             try:
-                client = await aioari.connect(
-                    self.config.url, self.config.username,
-                    self.config.password.get_secret_value(),
-                )
-                ws = await client.swagger.events.eventWebsocket(app=self.app)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # aioari raises bare aiohttp/HTTP errors of many kinds
-                self.last_error = _describe(exc)
-                log.warning("ari.connect_failed", url=self.config.url, error=self.last_error,
-                            retry_in_s=delay)
-                if client is not None:
-                    with contextlib.suppress(Exception):
-                        await client.close()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.reconnect_max_s)
-                continue
-            delay = self.config.reconnect_min_s
-            self._ws = ws
-            self.connects += 1
-            self.last_error = None
-            self._connected.set()
-            log.info("ari.connected", url=self.config.url, app=self.app, connects=self.connects)
-            side_tasks = [asyncio.create_task(self._watchdog(ws), name="ari-watchdog")]
-            if self._on_connected is not None:
-                side_tasks.append(asyncio.create_task(self._on_connected(), name="ari-reconcile"))
-            try:
-                await self._read(ws)
+                if await self._connect_and_read(client):
+                    delay = self.config.reconnect_min_s
             finally:
-                self._connected.clear()
-                self._ws = None
-                for task in side_tasks:
-                    task.cancel()
+                # Shielded: a stop() arriving now must not leave aioari's session open.
                 with contextlib.suppress(Exception):
-                    await client.close()
-            if not self._stopping:
-                self.last_error = "event websocket closed"
-                log.warning("ari.disconnected", retry_in_s=delay)
-                await asyncio.sleep(delay)
+                    await asyncio.shield(client.close())
+            if self._stopping:
+                return
+            log.warning("ari.disconnected", error=self.last_error, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    async def _connect_and_read(self, client: Any) -> bool:
+        """One connection's life. Returns True if it got as far as reading events."""
+        try:
+            await client.init()
+            ws = await client.swagger.events.eventWebsocket(app=self.app)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # aioari raises bare aiohttp/HTTP errors of many kinds
+            self.last_error = _describe(exc)
+            return False
+        self._ws = ws
+        self.connects += 1
+        self.last_error = None
+        self._connected.set()
+        log.info("ari.connected", url=self.config.url, app=self.app, connects=self.connects)
+        side_tasks = [asyncio.create_task(self._watchdog(ws), name="ari-watchdog")]
+        if self._on_connected is not None:
+            side_tasks.append(asyncio.create_task(self._on_connected(), name="ari-reconcile"))
+        try:
+            await self._read(ws)
+        finally:
+            self._connected.clear()
+            self._ws = None
+            for task in side_tasks:
+                task.cancel()
+        self.last_error = "event websocket closed"
+        return True
+
+    def _new_client(self) -> Any:
+        """An aioari client (what ``aioari.connect`` builds), kept in hand before ``init`` so
+        that its HTTP session is closed even when Asterisk is unreachable."""
+        host = urlparse(self.config.url).hostname or ""
+        secret = f"{self.config.username}:{self.config.password.get_secret_value()}"
+        http_client = AsynchronousHttpClient(auth=ApiKeyAuthenticator(host, secret))
+        return aioari.Client(self.config.url, http_client)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:

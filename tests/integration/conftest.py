@@ -7,6 +7,7 @@ dialled (``to``), so tests are independent without restarting anything.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -173,8 +174,8 @@ async def bridge(lab: LabInfo, webhooks: WebhookApp, tmp_path: Path
 
 async def _hang_up_leftovers(lab: LabInfo) -> None:
     """Reset ARI state between tests: no channel may outlive its test."""
-    auth = aiohttp.BasicAuth(lab.ari_username, lab.ari_password)
-    async with aiohttp.ClientSession(auth=auth) as http:
+    token = base64.b64encode(f"{lab.ari_username}:{lab.ari_password}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http:
         async with http.get(f"{lab.ari_url}/ari/channels") as resp:
             channels = await resp.json()
         for channel in channels:
