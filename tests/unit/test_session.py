@@ -1,0 +1,202 @@
+"""Call engine logic against a fake gateway: ordering, cancellation, timeouts, bounded replies.
+
+The real thing is tested end to end in tests/integration; these pin down the timing-sensitive
+logic (an event that arrives before anyone waits, a hangup in the middle of an action) where a
+real Asterisk cannot be made to misbehave on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.calls.engine import CallEngine
+from bridge.calls.session import CallState
+from bridge.calls.store import CallStore
+from bridge.config import load_config
+from bridge.media import MediaItem
+from bridge.ncco.actions import _playback
+from bridge.webhooks import FallbackResult, ParseError, WebhookRequest, WebhookResponse
+
+CHANNEL = "chan-1"
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.routes: dict[str, Any] = {}
+        self.finish_playbacks = True
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.routes[f"channel:{CHANNEL}"](event)
+
+    def route(self, key: str, handler: Any) -> None:
+        self.routes[key] = handler
+
+    def unroute(self, key: str) -> None:
+        self.routes.pop(key, None)
+
+    async def ring(self, channel_id: str) -> None:
+        self.calls.append(("ring",))
+
+    async def answer(self, channel_id: str) -> None:
+        self.calls.append(("answer",))
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        self.calls.append(("hangup", reason))
+        if f"channel:{CHANNEL}" in self.routes:
+            self.emit({"type": "StasisEnd", "channel": {"id": CHANNEL}})
+
+    async def play(self, channel_id: str, media: list[str], playback_id: str) -> None:
+        self.calls.append(("play", playback_id, len(media)))
+        if self.finish_playbacks:
+            # Finished before play() even returned: the waiter must already exist.
+            self.emit({"type": "PlaybackFinished",
+                       "playback": {"id": playback_id, "state": "done"}})
+
+    async def stop_playback(self, playback_id: str) -> None:
+        self.calls.append(("stop", playback_id))
+
+
+class FakeWebhooks:
+    """Answers by URL from a script; records every request."""
+
+    def __init__(self, script: dict[str, Any]) -> None:
+        self.script = script
+        self.requests: list[WebhookRequest] = []
+
+    async def send_with_fallback(self, req: WebhookRequest, fallback_url: Any, parse: Any,
+                                 timeouts: Any, signer: Any = None) -> FallbackResult[Any]:
+        self.requests.append(req)
+        body = json.dumps(self.script.get(req.url, {})).encode()
+        response = WebhookResponse(req, 200, body, "application/json", 1, 1.0, None)
+        try:
+            value = parse(response)
+        except ParseError as exc:
+            return FallbackResult(None, None, response, None, str(exc), str(exc))
+        return FallbackResult(value, "primary", response, None, None, None)
+
+
+class FakeMedia:
+    async def tts(self, text: str, voice: Any, level: float = 0.0) -> MediaItem:
+        return MediaItem("a" * 64, Path("/dev/null"), 0.2)
+
+
+class RecordingOutbox:
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+
+    def post(self, url: str, method: str, payload: dict[str, Any]) -> None:
+        self.payloads.append(dict(payload))
+
+    async def drain(self, timeout_s: float = 15.0) -> None:
+        return None
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, answer: list[dict[str, Any]],
+                 hooks: dict[str, Any] | None = None, max_replacements: int = 25) -> None:
+        config = load_config(None, environ={}, overrides={
+            "applications": [{"id": "app", "answer_url": "http://hooks/answer",
+                              "event_url": "http://hooks/event",
+                              "max_ncco_replacements": max_replacements}],
+            "numbers": {"*": "app"},
+        })
+        self.gateway = FakeGateway()
+        self.webhooks = FakeWebhooks({"http://hooks/answer": answer, **(hooks or {})})
+        self.outbox = RecordingOutbox()
+        self.engine = CallEngine(config, self.gateway, self.webhooks, FakeMedia(),  # type: ignore[arg-type]
+                                 CallStore(tmp_path / "calls.sqlite3"), lambda: "http://bridge")
+        self.engine.new_outbox = lambda app: self.outbox  # type: ignore[method-assign,assignment,return-value]
+
+    def start_call(self) -> Any:
+        self.engine.on_stasis_start({"type": "StasisStart", "channel": {"id": CHANNEL},
+                                     "args": ["inbound", "15551230000", "15550001111"]})
+        return self.engine.by_channel[CHANNEL]
+
+    def statuses(self) -> list[str]:
+        return [p["status"] for p in self.outbox.payloads if "status" in p]
+
+    def errors(self) -> list[str]:
+        return [p["reason"] for p in self.outbox.payloads if "reason" in p]
+
+    async def until(self, predicate: Any, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.01)
+
+
+async def test_playback_that_finishes_before_the_wait_is_not_missed(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [{"action": "talk", "text": "hello", "loop": 3}])
+    session = h.start_call()
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert h.statuses() == ["started", "ringing", "answered", "completed"]
+    kinds = [c[0] for c in h.gateway.calls]
+    assert kinds == ["ring", "answer", "play", "hangup"]
+    assert h.gateway.calls[2][2] == 3  # loop=3: one playback of three copies
+    assert h.engine.store.all() == []  # nothing left to resume
+
+
+async def test_caller_hanging_up_cancels_the_action_and_completed_is_sent_once(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, [{"action": "wait", "timeout": 60}])
+    session = h.start_call()
+    await h.until(lambda: ("answer",) in h.gateway.calls)
+    h.gateway.emit({"type": "ChannelHangupRequest", "channel": {"id": CHANNEL}, "cause": 16})
+    h.gateway.emit({"type": "StasisEnd", "channel": {"id": CHANNEL}})
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert h.statuses().count("completed") == 1
+    assert h.outbox.payloads[-1]["disconnected_by"] == "user"
+    assert h.errors() == []
+
+
+async def test_key_press_stops_a_barge_in_prompt_and_counts_as_input(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [
+        {"action": "talk", "text": "press a key", "bargeIn": True},
+        {"action": "input", "maxDigits": 1, "timeOut": 5, "eventUrl": ["http://hooks/ivr"]},
+    ], {"http://hooks/ivr": [{"action": "wait", "timeout": 0.2}]})
+    h.gateway.finish_playbacks = False  # a long prompt, still playing
+    session = h.start_call()
+    await h.until(lambda: any(c[0] == "play" for c in h.gateway.calls))
+    h.gateway.emit({"type": "ChannelDtmfReceived", "channel": {"id": CHANNEL}, "digit": "4"})
+    await h.until(lambda: session.state is CallState.ENDED)
+    playback_id = next(c[1] for c in h.gateway.calls if c[0] == "play")
+    assert ("stop", playback_id) in h.gateway.calls
+    [ivr] = [r for r in h.webhooks.requests if r.url == "http://hooks/ivr"]
+    assert ivr.data["dtmf"] == {"digits": "4", "timed_out": False}
+
+
+async def test_replies_that_keep_replacing_the_ncco_are_bounded(tmp_path: Path) -> None:
+    again = [{"action": "notify", "payload": {}, "eventUrl": ["http://hooks/again"]}]
+    h = Harness(tmp_path, again, {"http://hooks/again": again}, max_replacements=3)
+    session = h.start_call()
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert len([r for r in h.webhooks.requests if r.url == "http://hooks/again"]) == 4
+    assert any("max_ncco_replacements" in e for e in h.errors())
+    assert h.statuses()[-1] == "completed"
+
+
+async def test_a_stuck_playback_times_out_is_stopped_and_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_playback, "MARGIN_S", 0.1)
+    h = Harness(tmp_path, [{"action": "talk", "text": "never ends"}])
+    h.gateway.finish_playbacks = False
+    session = h.start_call()
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert any(c[0] == "stop" for c in h.gateway.calls)
+    assert any("timeout" in e for e in h.errors())
+
+
+async def test_invalid_answer_ncco_ends_the_unanswered_call_with_congestion(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, [{"action": "talk"}])  # no text
+    session = h.start_call()
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert ("hangup", "congestion") in h.gateway.calls
+    assert ("answer",) not in h.gateway.calls
+    assert any("[0].text" in e for e in h.errors())
+    assert h.statuses() == ["started", "ringing", "completed"]
