@@ -83,6 +83,17 @@ def proc_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_sys_cpu_s(pid: int | None) -> float:
+    """System (kernel) CPU seconds of a process so far."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return int(fields[12]) / CLK_TCK
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -309,6 +320,7 @@ class Bench:
         ]
         pids = self.pids()
         cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+        bridge_sys0 = proc_sys_cpu_s(pids["bridge"])
         sipp_cpu0 = children_cpu_s()
         busy0, total0 = machine_cpu()
         spy = None
@@ -331,6 +343,7 @@ class Bench:
         wall = time.monotonic() - started
         busy1, total1 = machine_cpu()
         cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+        bridge_sys = proc_sys_cpu_s(pids["bridge"]) - bridge_sys0
         sipp_cpu = children_cpu_s() - sipp_cpu0
         if spy is not None:
             try:
@@ -358,6 +371,8 @@ class Bench:
         used["sipp"] = sipp_cpu
         done = max(1, result.successful + result.failed)
         result.cpu_ms_per_call = {k: round(v * 1000 / done, 2) for k, v in used.items()}
+        # Of the bridge's CPU, the part spent in the kernel (socket system calls).
+        result.cpu_ms_per_call["bridge_kernel"] = round(bridge_sys * 1000 / done, 2)
         jiffies = max(1.0, total1 - total0)
         ncpu = os.cpu_count() or 1
         result.machine_busy_pct = round(100 * (busy1 - busy0) / jiffies, 1)
@@ -535,7 +550,13 @@ class Bench:
 
 
 # ------------------------------------------------------------------------ profile
-_IDLE_LEAVES = ("select (selectors.py", "poll (selectors.py", "_run_once (asyncio/base_events.py")
+# Leaf frames that mean "waiting": the event loop in epoll, idle executor threads.
+_IDLE_LEAVES = (
+    "selectors.py:EpollSelector.select",
+    "concurrent/futures/thread.py:_worker",
+    "threading.py:Condition.wait",
+    "queue.py:Queue.get",
+)
 
 
 def _frame_key(frame: str) -> str:
@@ -606,10 +627,10 @@ def summarize_profile(path: Path) -> dict[str, Any]:
             continue
         frames = [f for f in stack.split(";") if " (" in f]
         total += count
-        if not frames or any(frames[-1].strip().startswith(leaf) for leaf in _IDLE_LEAVES):
+        keys = [_frame_key(f) for f in frames]
+        if not keys or keys[-1].endswith(_IDLE_LEAVES):
             idle += count
             continue
-        keys = [_frame_key(f) for f in frames]
         self_counts[keys[-1]] += count
         layers[_layer(keys[-1])] += count
         for key in set(keys):

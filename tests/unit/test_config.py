@@ -65,3 +65,9 @@ def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> No
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml", environ={})
+
+
+def test_the_documented_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "config.example.yaml"
+    config = load_config(example, environ={})
+    assert config.application_for_number("442079460000") is not None

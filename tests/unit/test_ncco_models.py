@@ -116,7 +116,7 @@ def test_errors_name_the_action_and_field(ncco: object, message: str) -> None:
 
 
 def test_current_api_typed_forms_are_accepted() -> None:
-    talk, wait, notify = parse_ncco([
+    talk, _wait, notify = parse_ncco([
         {"action": "talk", "text": "hi", "language": "en-GB", "style": 2, "loop": 0,
          "level": -0.5, "premium": False},
         {"action": "wait", "timeout": 0.5},

@@ -126,7 +126,7 @@ class Harness:
 
     async def until(self, predicate: Any, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
-            while not predicate():
+            while not predicate():  # noqa: ASYNC110 - polling a plain predicate
                 await asyncio.sleep(0.01)
 
 
