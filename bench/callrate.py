@@ -235,10 +235,10 @@ class Bench:
         while time.monotonic() < end:
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"the {what} exited; see {self.work / (name + '.log')}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
+            with (contextlib.suppress(OSError, urllib.error.URLError),
+                  urllib.request.urlopen(url, timeout=2) as resp):
+                if resp.status == 200:
+                    return
             time.sleep(0.2)
         raise RuntimeError(f"the {what} did not become ready within {deadline_s:.0f} s")
 
@@ -288,11 +288,10 @@ class Bench:
         time.sleep(self.args.pause)
 
     def bridge_health(self) -> dict[str, Any]:
-        with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.bridge_port}/healthz", timeout=5
-            ) as resp:
-                return dict(json.loads(resp.read()))
+        url = f"http://127.0.0.1:{self.bridge_port}/healthz"
+        with (contextlib.suppress(OSError, ValueError, urllib.error.URLError),
+              urllib.request.urlopen(url, timeout=5) as resp):
+            return dict(json.loads(resp.read()))
         return {}
 
     # --------------------------------------------------------------------- a step
@@ -300,7 +299,7 @@ class Bench:
                  profile_out: Path | None = None) -> StepResult:
         number = DIALPLAN_EXTEN if variant == "dialplan" else BRIDGE_NUMBER
         expected_media_s = self.silence_s if variant == "dialplan" else self.speech_s
-        calls = max(1, int(round(rate * seconds)))
+        calls = max(1, round(rate * seconds))
         self.settle()
         step_dir = self.work / f"{variant}-{phase}-{rate:g}"
         step_dir.mkdir(parents=True, exist_ok=True)
@@ -476,9 +475,10 @@ class Bench:
             best = rate
         if failed_at is not None and self.args.bisect:
             middle = round((best + failed_at) / 2 / 5) * 5
-            if best < middle < failed_at:
-                if self.run_step(variant, "bisect", middle, self.args.step_seconds).passed:
-                    best = middle
+            if best < middle < failed_at and self.run_step(
+                variant, "bisect", middle, self.args.step_seconds
+            ).passed:
+                best = middle
         return best
 
     def profile(self, rate: float) -> dict[str, Any]:
@@ -580,6 +580,10 @@ def _frame_key(frame: str) -> str:
 
 def _layer(key: str) -> str:
     path = key.split(":", 1)[0]
+    if not path.startswith(("stdlib/", "bridge/")) and path.split("/", 1)[0] in (
+        "asyncio", "json", "logging", "sqlite3", "selectors.py", "concurrent", "email"
+    ):
+        path = "stdlib/" + path  # py-spy names standard-library files relative to the lib
     if path.startswith(("aioari/", "aioswagger11/")):
         return "aioari + aioswagger11"
     if path.startswith("aiohttp/"):
@@ -592,7 +596,7 @@ def _layer(key: str) -> str:
         return "asyncio event loop"
     if path.startswith("stdlib/json"):
         return "json"
-    if path.startswith("stdlib/sqlite3") or "store.py" in path and path.startswith("bridge/calls"):
+    if path.startswith("stdlib/sqlite3") or path.startswith("bridge/calls/store.py"):
         return "sqlite (call store)"
     if path.startswith("pydantic"):
         return "pydantic"
@@ -603,8 +607,9 @@ def _layer(key: str) -> str:
 
 # Bridge entry points: a sample counts for the first of these found from the stack's root.
 _ENTRY_POINTS = (
-    ("ARI REST requests (gateway.request)", "bridge/ari/gateway.py:request"),
-    ("ARI event reading + routing (gateway._read)", "bridge/ari/gateway.py:_read"),
+    ("ARI REST requests (gateway.request)", "bridge/ari/gateway.py:AriGateway.request"),
+    ("ARI event reading + routing (gateway._read)", "bridge/ari/gateway.py:AriGateway._read"),
+    ("aioari / aioswagger11 (anywhere in the stack)", "aioari/"),
     ("answer_url webhook (webhooks client)", "bridge/webhooks/"),
     ("media HTTP server (Asterisk fetching /media)", "bridge/app.py:media_file"),
     ("call store (sqlite)", "bridge/calls/store.py:"),
@@ -637,7 +642,7 @@ def summarize_profile(path: Path) -> dict[str, Any]:
             incl_counts[key] += count
         joined = ";".join(keys)
         for name, marker in _ENTRY_POINTS:
-            if marker in joined:
+            if marker in joined or (marker == "aioari/" and "aioswagger11/" in joined):
                 entries[name] += count
     busy = total - idle
 

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from bridge.api import FileStore, RestApi
 from bridge.ari.gateway import AriGateway
 from bridge.calls.engine import CallEngine
 from bridge.calls.store import CallStore
@@ -30,6 +31,7 @@ ENGINE_KEY = web.AppKey("engine", CallEngine)
 GATEWAY_KEY = web.AppKey("gateway", AriGateway)
 MEDIA_KEY = web.AppKey("media", MediaStore)
 BASE_URL_KEY = web.AppKey("base_url", list)  # one mutable cell: filled once the port is bound
+API_KEY = web.AppKey("api", RestApi)
 
 
 def create_app(config: Config) -> web.Application:
@@ -38,6 +40,8 @@ def create_app(config: Config) -> web.Application:
     app[BASE_URL_KEY] = [config.http.base_url()]
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/media/{media_id}.wav", media_file)
+    app[API_KEY] = RestApi(config, FileStore(config.recordings.path), lambda: app.get(ENGINE_KEY))
+    app[API_KEY].register(app)
     app.cleanup_ctx.append(_components)
     return app
 

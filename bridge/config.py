@@ -84,6 +84,12 @@ class ApplicationConfig(_Strict):
     max_ncco_replacements: int = Field(
         25, ge=1, le=1000, description="NCCOs one call may receive from webhooks; stops loops"
     )
+    public_key: str | None = Field(
+        None, description="PEM public key that verifies this application's REST API tokens"
+    )
+    public_key_path: Path | None = Field(
+        None, description="file holding that PEM public key (instead of public_key)"
+    )
 
     @field_validator("answer_url", "event_url", "fallback_answer_url")
     @classmethod
@@ -121,6 +127,10 @@ class MediaConfig(_Strict):
     fetch_timeout_s: float = Field(10.0, gt=0, le=120)
 
 
+class RecordingsConfig(_Strict):
+    path: Path = Path("/var/lib/ari-bridge/recordings")
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = Field(False, alias="json")
@@ -131,6 +141,7 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     store: StoreConfig = StoreConfig()
     media: MediaConfig = MediaConfig()
+    recordings: RecordingsConfig = RecordingsConfig()
     log: LogConfig = LogConfig()
     applications: list[ApplicationConfig] = []
     numbers: dict[str, str] = Field(

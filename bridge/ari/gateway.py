@@ -311,6 +311,122 @@ class AriGateway:
             channel_id=channel_id,
         )
 
+    async def create_channel(
+        self, channel_id: str, endpoint: str, app_args: list[str], variables: dict[str, str]
+    ) -> None:
+        """Create an outgoing channel in our application without dialling it yet."""
+        await self.request(
+            "POST", "/channels/create",
+            {"endpoint": endpoint, "app": self.app, "appArgs": app_args,
+             "channelId": channel_id},
+            body={"variables": variables} if variables else None,
+        )
+
+    async def dial(self, channel_id: str, caller_id: str | None, timeout_s: int) -> None:
+        """Dial a created channel; Asterisk stops ringing after ``timeout_s`` seconds."""
+        await self.request(
+            "POST", f"/channels/{channel_id}/dial",
+            {"caller": caller_id, "timeout": timeout_s}, channel_id=channel_id,
+        )
+
+    async def send_dtmf(self, channel_id: str, digits: str, between_ms: int = 100) -> None:
+        """Send RFC 4733 digits; 'w' in ``digits`` is a 500 ms pause."""
+        await self.request(
+            "POST", f"/channels/{channel_id}/dtmf", {"dtmf": digits, "between": between_ms},
+            channel_id=channel_id,
+        )
+
+    async def create_bridge(self, bridge_id: str, kind: str = "mixing", name: str = "") -> None:
+        await self.request("POST", f"/bridges/{bridge_id}", {"type": kind, "name": name or None})
+
+    async def add_to_bridge(self, bridge_id: str, channel_id: str) -> None:
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/addChannel", {"channel": channel_id},
+            channel_id=channel_id,
+        )
+
+    async def remove_from_bridge(self, bridge_id: str, channel_id: str) -> None:
+        with contextlib.suppress(AriError):
+            await self.request(
+                "POST", f"/bridges/{bridge_id}/removeChannel", {"channel": channel_id}
+            )
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        """Destroy a bridge; one that is already gone is fine."""
+        try:
+            await self.request("DELETE", f"/bridges/{bridge_id}")
+        except AriError as exc:
+            if exc.status != 404:
+                raise
+
+    async def mute(self, channel_id: str, direction: str) -> None:
+        """Mute a channel: 'in' (what it sends), 'out' (what it hears) or 'both'."""
+        await self.request(
+            "POST", f"/channels/{channel_id}/mute", {"direction": direction},
+            channel_id=channel_id,
+        )
+
+    async def unmute(self, channel_id: str, direction: str) -> None:
+        await self.request(
+            "DELETE", f"/channels/{channel_id}/mute", {"direction": direction},
+            channel_id=channel_id,
+        )
+
+    # Recordings (speech input): recorded on Asterisk, fetched over ARI, no shared filesystem.
+    async def record(
+        self, channel_id: str, name: str, *, fmt: str = "wav", max_duration_s: int = 0,
+        max_silence_s: int = 0, if_exists: str = "overwrite", beep: bool = False,
+        terminate_on: str = "none",
+    ) -> None:
+        """Start recording what the channel sends (RecordingStarted/Finished/Failed follow)."""
+        await self.request(
+            "POST", f"/channels/{channel_id}/record",
+            {"name": name, "format": fmt, "maxDurationSeconds": max_duration_s,
+             "maxSilenceSeconds": max_silence_s, "ifExists": if_exists, "beep": beep,
+             "terminateOn": terminate_on},
+            channel_id=channel_id,
+        )
+
+    async def stop_recording(self, name: str) -> None:
+        """Stop a live recording and keep what it has; one that already ended is fine."""
+        try:
+            await self.request("POST", f"/recordings/live/{name}/stop")
+        except AriError as exc:
+            if exc.status != 404:
+                raise
+
+    async def cancel_recording(self, name: str) -> None:
+        """Stop a live recording and discard it; one that already ended is fine."""
+        try:
+            await self.request("DELETE", f"/recordings/live/{name}")
+        except AriError as exc:
+            if exc.status != 404:
+                raise
+
+    async def stored_recording_file(self, name: str) -> bytes:
+        """The bytes of a stored recording (GET /recordings/stored/{name}/file)."""
+        if self._http is None:
+            raise AriUnavailable("GET", f"/recordings/stored/{name}/file", None,
+                                 "gateway not started")
+        path = f"/recordings/stored/{name}/file"
+        try:
+            async with self._http.get(self._base + path) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    details = _message(body.decode(errors="replace")) or resp.reason or ""
+                    raise AriError("GET", path, resp.status, details)
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AriUnavailable("GET", path, None, _describe(exc)) from None
+
+    async def delete_stored_recording(self, name: str) -> None:
+        """Delete a stored recording; one that is already gone is fine."""
+        try:
+            await self.request("DELETE", f"/recordings/stored/{name}")
+        except AriError as exc:
+            if exc.status != 404:
+                raise
+
     async def app_channel_ids(self) -> list[str]:
         """Channels currently in our Stasis application (what a restart must pick up)."""
         info = await self.request("GET", f"/applications/{self.app}")

@@ -23,9 +23,11 @@ import structlog
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import AriGateway, Event
 from bridge.calls import events as ev
+from bridge.calls.history import CallHistory
 from bridge.calls.session import CallSession
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig, Config
+from bridge.dial.dialer import Dialer
 from bridge.media import MediaStore
 from bridge.ncco import actions as action_modules
 from bridge.ncco.models import Action, NccoError, parse_ncco
@@ -52,11 +54,13 @@ class CallEngine:
         self.media = media
         self.store = store
         self.public_url = public_url
+        self.dialer = Dialer(gateway, config)
         self.sessions: dict[str, CallSession] = {}
         self.by_channel: dict[str, CallSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls_started = 0
         self.calls_rejected = 0
+        self.history = CallHistory()  # ended calls, for GET /v1/calls
 
     # ------------------------------------------------------------------ helpers
     def application(self, app_id: str) -> ApplicationConfig:
@@ -140,6 +144,7 @@ class CallEngine:
         """Called by a session once it has ended."""
         self.sessions.pop(session.uuid, None)
         self.by_channel.pop(session.channel_id, None)
+        self.history.record_ended(session)
         self.gateway.unroute(f"channel:{session.channel_id}")
         self.store.delete(session.uuid)
 

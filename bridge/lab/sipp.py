@@ -48,7 +48,14 @@ class HangUp:
     """The caller sends BYE."""
 
 
-Step = Pause | Dtmf | HangUp
+@dataclass(frozen=True)
+class Audio:
+    """Send the RTP in a pcap file (see bridge.lab.pcap); sipp plays it in the background."""
+
+    pcap: Path
+
+
+Step = Pause | Dtmf | HangUp | Audio
 
 _INVITE = """
   <send retrans="500">
@@ -160,6 +167,10 @@ def uac_scenario(
             pcap = PCAP_DIR / f"dtmf_2833_{name}.pcap"
             parts.append(
                 f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>'
+            )
+        elif isinstance(step, Audio):
+            parts.append(
+                f'  <nop><action><exec play_pcap_audio="{step.pcap}"/></action></nop>'
             )
         elif isinstance(step, HangUp):
             parts.append(_BYE.format(caller=caller))
@@ -311,3 +322,208 @@ def _read(path: Path) -> str:
     with contextlib.suppress(OSError):
         return path.read_text(errors="replace")
     return ""
+
+
+# ------------------------------------------------------------------------- agents (UAS)
+_UAS_REPLY = """
+  <send>
+    <![CDATA[
+      SIP/2.0 {code} {reason}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:agent@[local_ip]:[local_port]>
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+_UAS_200 = """
+  <send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:agent@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=agent 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio {rtp_port} RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-16
+      a=sendrecv
+    ]]>
+  </send>
+  <recv request="ACK" rtd="true" crlf="true"/>
+"""
+
+_UAS_BYE = """
+  <send retrans="500">
+    <![CDATA[
+      BYE [$remote_contact] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: [$inv_to];tag=[pid]SIPpTag01[call_number]
+      To: [$inv_from]
+      [last_Call-ID:]
+      CSeq: 2 BYE
+      Contact: <sip:agent@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+"""
+
+_REASONS = {180: "Ringing", 200: "OK", 404: "Not Found", 408: "Request Timeout",
+            480: "Temporarily Unavailable", 486: "Busy Here", 487: "Request Terminated",
+            500: "Server Internal Error", 503: "Service Unavailable", 603: "Decline"}
+
+_UAS_NEVER_ANSWER = """
+  <recv request="CANCEL"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      CSeq: [$invite_cseq] INVITE
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"/>
+"""
+
+
+def uas_scenario(
+    status: int, rtp_port: int = 0, ring_ms: int = 0, hangup_after_ms: int | None = None,
+    audio: Path | None = None,
+) -> str:
+    """An agent: answers every INVITE with ``status`` after ringing ``ring_ms``.
+
+    ``status`` 200 answers (media to ``rtp_port``) and waits for BYE, or hangs up itself after
+    ``hangup_after_ms``; 180 rings until the caller cancels; anything else rejects."""
+    parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="agent">',
+             '  <recv request="INVITE" crlf="true">',
+             '    <action>',
+             '      <ereg regexp="CSeq: *([0-9]+)" search_in="msg" '
+             'assign_to="cseq_all,invite_cseq"/>',
+             '      <ereg regexp="[^ ].*" search_in="hdr" header="From:" assign_to="inv_from"/>',
+             '      <ereg regexp="[^ ].*" search_in="hdr" header="To:" assign_to="inv_to"/>',
+             '      <ereg regexp="&lt;([^&gt;]*)&gt;" search_in="hdr" header="Contact:" '
+             'assign_to="contact_all,remote_contact"/>',
+             '    </action>',
+             '  </recv>']
+    if status != 180 and status >= 300 and ring_ms == 0:
+        parts.append(_UAS_REPLY.format(code=status, reason=_REASONS.get(status, "Error")))
+        parts.append('  <recv request="ACK"/>')
+    else:
+        parts.append(_UAS_REPLY.format(code=180, reason="Ringing"))
+        if status == 180:
+            parts.append(_UAS_NEVER_ANSWER)
+        else:
+            if ring_ms:
+                parts.append(f'  <pause milliseconds="{ring_ms}"/>')
+            if status == 200:
+                parts.append(_UAS_200.format(rtp_port=rtp_port))
+                if audio is not None:
+                    parts.append(
+                        f'  <nop><action><exec play_pcap_audio="{audio}"/></action></nop>'
+                    )
+                if hangup_after_ms is not None:
+                    parts.append(f'  <pause milliseconds="{hangup_after_ms}"/>')
+                    parts.append(_UAS_BYE)
+                else:
+                    parts.append(_WAIT_BYE.format(caller="agent", timeout_ms=600_000))
+            else:
+                parts.append(_UAS_REPLY.format(code=status, reason=_REASONS.get(status, "Err")))
+                parts.append('  <recv request="ACK"/>')
+    # sipp refuses variables that are set but never read; these are read only sometimes.
+    parts.append('  <Reference variables="cseq_all,invite_cseq,inv_from,inv_to,contact_all,'
+                 'remote_contact"/>')
+    parts.append("</scenario>")
+    return "\n".join(parts)
+
+
+class Agent:
+    """A SIP agent (sipp UAS) listening on 127.0.0.1 for as long as the ``async with`` lasts.
+
+    ``receiver`` holds the RTP that reached the agent when it answers (status 200)."""
+
+    def __init__(self, status: int, ring_ms: int = 0, hangup_after_ms: int | None = None,
+                 audio: Path | None = None):
+        self.audio = audio
+        self.status = status
+        self.ring_ms = ring_ms
+        self.hangup_after_ms = hangup_after_ms
+        self.port = free_port()
+        self.receiver: RtpReceiver | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def messages(self) -> str:
+        return _read(Path(self._tmp.name) / "messages.log") if self._tmp else ""
+
+    def invites(self) -> int:
+        """INVITEs this agent received."""
+        return len(re.findall(r"message received[^\n]*\n+\s*INVITE ", self.messages))
+
+    async def __aenter__(self) -> Agent:
+        self.receiver = await RtpReceiver.open()
+        self._tmp = tempfile.TemporaryDirectory(prefix="ari-bridge-agent-")
+        workdir = Path(self._tmp.name)
+        (workdir / "agent.xml").write_text(
+            uas_scenario(self.status, self.receiver.port, self.ring_ms, self.hangup_after_ms,
+                         self.audio))
+        media_port = free_port()
+        self._proc = await asyncio.create_subprocess_exec(
+            sipp_binary(), "-sf", "agent.xml", "-i", "127.0.0.1", "-p", str(self.port),
+            "-mp", str(media_port), "-nostdin", "-trace_msg", "-message_file", "messages.log",
+            cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        await self._wait_listening()
+        return self
+
+    async def _wait_listening(self) -> None:
+        # sipp binds its SIP port at start; poll until the port is taken (bounded).
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", self.port))
+                except OSError:
+                    return
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"sipp agent did not start on port {self.port}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()  # our own child, by PID
+            await self._proc.wait()
+        if self.receiver is not None:
+            self.receiver.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()

@@ -135,7 +135,9 @@ def _make_audio(folder: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------- the bridge
-def bridge_config(lab: LabInfo, webhooks: WebhookApp, tmp: Path, **ari: Any) -> Any:
+def bridge_config(lab: LabInfo, webhooks: WebhookApp, tmp: Path,
+                  routes: dict[str, int] | None = None, **ari: Any) -> Any:
+    """The bridge's configuration; ``routes`` maps number prefixes to local agents' ports."""
     app_defaults = {
         "event_url": f"{webhooks.url}/event",
         "fallback_answer_url": f"{webhooks.url}/fallback",
@@ -158,6 +160,10 @@ def bridge_config(lab: LabInfo, webhooks: WebhookApp, tmp: Path, **ari: Any) -> 
              **app_defaults},
         ],
         "numbers": {"*": "main", POST_NUMBER: "post", UNREACHABLE_NUMBER: "unreachable"},
+        "trunks": [{"name": f"agent-{port}", "host": "127.0.0.1", "port": port}
+                   for port in (routes or {}).values()],
+        "routes": [{"prefix": prefix, "trunk": f"agent-{port}"}
+                   for prefix, port in (routes or {}).items()],
     })
 
 

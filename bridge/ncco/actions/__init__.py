@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bridge.ncco.actions import input, notify, stream, talk, wait
+from bridge.ncco.actions import connect, input, notify, stream, talk, wait
 from bridge.ncco.models import Action, NccoError
 
 RUNNERS: dict[str, Callable[[Any, Any], Coroutine[Any, Any, list[Action] | None]]] = {
@@ -15,10 +15,12 @@ RUNNERS: dict[str, Callable[[Any, Any], Coroutine[Any, Any, list[Action] | None]
     "wait": wait.run,
     "notify": notify.run,
     "input": input.run,
+    "connect": connect.run,
 }
 _CHECKS: dict[str, Callable[[Any, int], None]] = {
     "talk": talk.check,
     "input": input.check,
+    "connect": connect.check,
 }
 
 

@@ -1,0 +1,193 @@
+"""connect: ring a phone number or SIP URI and join the caller to whoever answers.
+
+Synchronous by the reference: the NCCO goes on only when the connected call ends (the callee
+hangs up, or nobody answered). With ``eventType: synchronous`` a failed attempt (busy,
+rejected, timeout, unanswered, failed) is POSTed to eventUrl and an NCCO in the reply replaces
+the running one: the seed's "connect to an alternative number".
+
+The callee is a new leg with its own uuid and the caller's conversation_uuid; its status events
+(started, ringing, answered or the failure, completed) go to the action's eventUrl, or the
+application's event_url.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid as uuidlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from bridge.ari.errors import AriError
+from bridge.ari.gateway import new_id
+from bridge.calls import events as ev
+from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.dial.outcome import LegOutcome
+from bridge.ncco.models import Action, Connect, NccoError, PhoneEndpoint, SipEndpoint
+
+if TYPE_CHECKING:
+    from bridge.calls.session import CallSession
+
+log = structlog.get_logger(__name__)
+
+
+def check(action: Connect, index: int) -> None:
+    endpoint = action.endpoint[0]
+    if not isinstance(endpoint, PhoneEndpoint | SipEndpoint):
+        raise NccoError(
+            f"connect to a {endpoint.type!r} endpoint is not supported by this version of "
+            "ari-bridge", f"[{index}].endpoint[0].type",
+        )
+    if action.machine_detection is not None:
+        raise NccoError("machineDetection is not supported by this version of ari-bridge",
+                        f"[{index}].machineDetection")
+
+
+class LegEvents:
+    """Status events of the callee leg, each sent once, in order."""
+
+    def __init__(self, call: CallSession, action: Connect, leg_uuid: str, to: str,
+                 from_: str) -> None:
+        self.call = call
+        self.url = action.event_url[0] if action.event_url else call.app.event_url
+        self.method = action.event_method if action.event_url else call.app.event_method
+        self.leg_uuid = leg_uuid
+        self.to = to
+        self.from_ = from_
+        self.sent: list[str] = []
+
+    def payload(self, status: str, **extra: Any) -> dict[str, Any]:
+        return ev.status_event(
+            uuid=self.leg_uuid, conversation_uuid=self.call.conversation_uuid, status=status,
+            direction="outbound", from_=self.from_, to=self.to, **extra,
+        )
+
+    def send(self, status: str, **extra: Any) -> None:
+        if status in self.sent:
+            return
+        self.sent.append(status)
+        if self.url is not None:
+            self.call.outbox.post(self.url, self.method, self.payload(status, **extra))
+
+
+def _target(call: CallSession, action: Connect, leg_uuid: str) -> DialTarget:
+    endpoint = action.endpoint[0]
+    caller_id = action.from_ or call.record.to_number
+    dialer = call.engine.dialer
+    if isinstance(endpoint, PhoneEndpoint):
+        return DialTarget(leg_uuid, dialer.phone_endpoint(endpoint.number), endpoint.number,
+                          caller_id)
+    assert isinstance(endpoint, SipEndpoint)
+    headers = {f"X-{k}" if not k.lower().startswith("x-") else k: v
+               for k, v in endpoint.headers.items()}
+    headers.update(endpoint.standard_headers)
+    return DialTarget(leg_uuid, dialer.sip_endpoint(endpoint.uri), endpoint.uri, caller_id,
+                      headers)
+
+
+async def run(call: CallSession, action: Connect) -> list[Action] | None:
+    leg_uuid = str(uuidlib.uuid4())
+    endpoint = action.endpoint[0]
+    to = endpoint.number if isinstance(endpoint, PhoneEndpoint) else endpoint.uri  # type: ignore[union-attr]
+    events = LegEvents(call, action, leg_uuid, to, action.from_ or call.record.to_number)
+    events.send("started")
+    try:
+        target = _target(call, action, leg_uuid)
+    except NoRoute as exc:
+        call.error(f"connect: {exc}")
+        return await _failed(call, action, events, LegOutcome.FAILED)
+
+    def on_status(leg: Leg, status: str) -> None:
+        if status in ("ringing", "answered"):
+            events.send(status)
+
+    ringback = await _start_ringback(call)
+    try:
+        winner, legs = await call.engine.dialer.dial(
+            [target], action.timeout, on_status, caller_channel=call.channel_id)
+    finally:
+        await _stop_ringback(call, ringback)
+    leg = legs[0]
+    if winner is None:
+        call.engine.dialer.release(leg)
+        outcome = leg.outcome or LegOutcome.FAILED
+        if outcome is LegOutcome.CANCELLED:
+            events.send("cancelled")
+            return None
+        return await _failed(call, action, events, outcome)
+    await _converse(call, action, winner, events)
+    return None
+
+
+async def _failed(call: CallSession, action: Connect, events: LegEvents,
+                  outcome: LegOutcome) -> list[Action] | None:
+    status = outcome.value
+    if action.event_type == "synchronous" and outcome.is_failure and events.url is not None:
+        events.sent.append(status)
+        return await call.ask_for_ncco(events.url, events.method, events.payload(status))
+    events.send(status)
+    return None
+
+
+async def _start_ringback(call: CallSession) -> str | None:
+    """The caller hears ringing while the callee rings: SIP 180 before answer, a tone after."""
+    if call.answered is None:
+        with contextlib.suppress(AriError):
+            await call.gateway.ring(call.channel_id)
+        return None
+    playback_id = new_id()
+    with contextlib.suppress(AriError):
+        await call.gateway.play(call.channel_id, ["tone:ring"], playback_id)
+        return playback_id
+    return None
+
+
+async def _stop_ringback(call: CallSession, playback_id: str | None) -> None:
+    if playback_id is not None:
+        with contextlib.suppress(AriError):
+            await asyncio.shield(call.gateway.stop_playback(playback_id))
+
+
+async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEvents) -> None:
+    """Join caller and callee until one of them hangs up or the limit is reached."""
+    gateway = call.gateway
+    bridge_id = new_id()
+    answered = datetime.now(UTC)
+    try:
+        await call.ensure_answered()
+        endpoint = action.endpoint[0]
+        if isinstance(endpoint, PhoneEndpoint) and endpoint.dtmf_answer:
+            # 'p' is Vonage's 500 ms pause; Asterisk's DTMF streams write it 'w'.
+            await gateway.send_dtmf(leg.channel_id, endpoint.dtmf_answer.replace("p", "w"))
+        await gateway.create_bridge(bridge_id, "mixing", f"connect-{call.uuid}")
+        await gateway.add_to_bridge(bridge_id, call.channel_id)
+        await gateway.add_to_bridge(bridge_id, leg.channel_id)
+        waits = [asyncio.ensure_future(leg.ended.wait()),
+                 asyncio.ensure_future(call.gone.wait())]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=action.limit,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not done:
+            log.info("connect.limit_reached", limit_s=action.limit)
+            with contextlib.suppress(AriError):
+                await gateway.hangup(call.channel_id)
+    finally:
+        await asyncio.shield(_tear_down(call, leg, bridge_id))
+        by = "platform" if call.gone.is_set() else "user"  # the callee hung up on us
+        events.send("completed", **ev.completed_extra(answered, answered, datetime.now(UTC), by))
+        call.engine.dialer.release(leg)
+
+
+async def _tear_down(call: CallSession, leg: Leg, bridge_id: str) -> None:
+    gateway = call.gateway
+    if not leg.ended.is_set():
+        await gateway.hangup(leg.channel_id)
+    if not call.gone.is_set():
+        await gateway.remove_from_bridge(bridge_id, call.channel_id)
+    with contextlib.suppress(AriError):
+        await gateway.destroy_bridge(bridge_id)

@@ -1,0 +1,162 @@
+"""connect: real SIP agents answer, are busy, reject, never answer; the seed's failover."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.app import BridgeService
+from bridge.lab.pcap import tone_samples, write_rtp_pcap
+from bridge.lab.sipp import Agent, Audio, Pause
+from tests.integration.conftest import bridge_config
+from tests.integration.harness import new_number
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """What the caller says (a 600 Hz tone) and what the agent says (1000 Hz), 3 s each."""
+    folder = tmp_path_factory.mktemp("tones")
+    return (write_rtp_pcap(folder / "caller.pcap", tone_samples(3, 600)),
+            write_rtp_pcap(folder / "agent.pcap", tone_samples(3, 1000)))
+
+
+async def start_bridge(lab, webhooks, tmp_path, routes) -> BridgeService:
+    service = BridgeService(bridge_config(lab, webhooks, tmp_path, routes=routes))
+    await service.start()
+    assert await service.gateway.wait_connected(20)
+    return service
+
+
+@pytest.fixture
+async def agents_bridge(lab, webhooks, tmp_path) -> AsyncIterator:
+    services: list[BridgeService] = []
+
+    async def make(routes: dict[str, int]) -> BridgeService:
+        services.append(await start_bridge(lab, webhooks, tmp_path, routes))
+        return services[-1]
+
+    yield make
+    for service in services:
+        await service.stop()
+
+
+def connect(number: str, hook: str, **extra) -> dict:
+    return {"action": "connect", "from": "4155550123", "eventType": "synchronous",
+            "eventUrl": [hook], "endpoint": [{"type": "phone", "number": number}], **extra}
+
+
+async def test_seed_000_busy_agent_fails_over_to_the_next_agent(
+        agents_bridge, webhooks, dial, tones):
+    caller_tone, agent_tone = tones
+    async with Agent(486) as busy, Agent(200, hangup_after_ms=3000, audio=agent_tone) as free:
+        await agents_bridge({"4155550123": busy.port, "442079354442": free.port})
+        number = new_number()
+        # The seed's two NCCOs, verbatim: the first connect, and the eventUrl's answer.
+        hook = webhooks.hook(f"fallback-{number}", [{
+            "action": "connect", "from": "442038973494",
+            "endpoint": [{"type": "phone", "number": "442079354442"}]}])
+        webhooks.answer(number, [{
+            "action": "connect", "from": "4155550123", "timeout": "10",
+            "eventType": "synchronous", "eventUrl": [hook],
+            "endpoint": [{"type": "phone", "number": "4155550123"}]}])
+
+        call = await dial(number, steps=[Pause(500), Audio(caller_tone)], timeout_s=12)
+
+        assert call.sip.ok, call.sip.errors
+        assert busy.invites() == 1 and free.invites() == 1
+        # The eventUrl gets the leg's events; the busy one is answered with the next NCCO.
+        leg_events = [r.json for r in webhooks.of(f"/hook/fallback-{number}")]
+        assert [e["status"] for e in leg_events] == ["started", "busy"]
+        failed = leg_events[-1]
+        assert failed["to"] == "4155550123"
+        assert failed["conversation_uuid"] == webhooks.events(number)[0][
+            "conversation_uuid"]
+        # Audio both ways through the Asterisk bridge.
+        assert call.audio.voiced_seconds() > 1.5, "the caller did not hear the agent"
+        assert free.receiver.voiced_seconds() > 1.0, "the agent did not hear the caller"
+        await webhooks.wait_completed(number)
+
+
+@pytest.mark.parametrize(("agent", "status"), [
+    (Agent(603), "rejected"),
+    (Agent(180), "timeout"),
+    (Agent(480), "unanswered"),
+    (Agent(404), "failed"),
+])
+async def test_failed_attempt_reports_its_status_to_a_synchronous_event_url(
+        agents_bridge, webhooks, dial, agent, status):
+    async with agent:
+        await agents_bridge({"4420": agent.port})
+        number = new_number()
+        hook = webhooks.hook(f"fail-{status}-{number}", [
+            {"action": "talk", "text": "Sorry, nobody could take your call."}])
+        webhooks.answer(number, [connect("442000000001", hook, timeout=3)])
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        statuses = [r.json["status"] for r in webhooks.of(f"/hook/fail-{status}-{number}")]
+        assert statuses[0] == "started" and statuses[-1] == status
+        assert call.audio.voiced_seconds() > 1.0  # the replacement NCCO's talk
+
+
+async def test_number_without_route_fails_and_the_flow_continues(agents_bridge, webhooks,
+                                                                 dial):
+    await agents_bridge({})
+    number = new_number()
+    after = webhooks.hook(f"after-{number}", {})
+    webhooks.answer(number, [
+        {"action": "connect", "endpoint": [{"type": "phone", "number": "999000"}]},
+        {"action": "notify", "payload": {"next": True}, "eventUrl": [after]},
+    ])
+
+    await dial(number, expect_status=603)
+
+    await webhooks.wait_completed(number)
+    leg = [e for e in webhooks.of("/event") if e.json.get("to") == "999000"]
+    assert [e.json["status"] for e in leg] == ["started", "failed"]
+    assert any("no outbound route" in e for e in webhooks.errors(number))
+    assert len(webhooks.of(f"/hook/after-{number}")) == 1
+
+
+async def test_callee_leg_events_are_sent_once_in_order(agents_bridge, webhooks, dial):
+    async with Agent(200, ring_ms=300, hangup_after_ms=1000) as agent:
+        await agents_bridge({"44": agent.port})
+        number = new_number()
+        webhooks.answer(number, [
+            {"action": "connect", "endpoint": [{"type": "phone", "number": "447700900001"}]},
+            {"action": "talk", "text": "The agent hung up; back to the NCCO."},
+        ])
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(number)
+        leg = [e.json for e in webhooks.of("/event") if e.json.get("to") == "447700900001"]
+        assert [e["status"] for e in leg] == [
+            "started", "ringing", "answered", "completed"]
+        assert len({e["uuid"] for e in leg}) == 1
+        assert leg[0]["uuid"] != webhooks.events(number)[0]["uuid"]
+        assert {e["conversation_uuid"] for e in leg} == {
+            webhooks.events(number)[0]["conversation_uuid"]}
+        assert leg[0]["direction"] == "outbound"
+        assert call.audio.voiced_seconds() > 0.5  # the talk after the connect was heard
+
+
+async def test_sip_endpoint_dials_the_uri_with_headers(agents_bridge, webhooks, dial):
+    async with Agent(200, hangup_after_ms=500) as agent:
+        await agents_bridge({})
+        number = new_number()
+        webhooks.answer(number, [{"action": "connect", "endpoint": [{
+            "type": "sip", "uri": f"sip:agent@127.0.0.1:{agent.port}",
+            "headers": {"Customer": "42"}}]}])
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        assert agent.invites() == 1
+        assert "X-Customer: 42" in agent.messages
