@@ -22,6 +22,7 @@ from bridge.calls.engine import CallEngine
 from bridge.calls.store import CallStore
 from bridge.config import Config
 from bridge.media import EspeakTts, MediaStore
+from bridge.media.asr import PocketsphinxAsr
 from bridge.webhooks import WebhookClient
 
 log = structlog.get_logger(__name__)
@@ -67,15 +68,19 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
 
     gateway = AriGateway(config.ari, on_stasis_start, on_connected)
     engine = CallEngine(config, gateway, webhooks, media, store, lambda: app[BASE_URL_KEY][0])
+    engine.asr = PocketsphinxAsr()
     engine_cell.append(engine)
     app[ENGINE_KEY] = engine
     app[GATEWAY_KEY] = gateway
     app[MEDIA_KEY] = media
     await gateway.start()
+    await engine.recordings.start()
     try:
         yield
     finally:
         await engine.shutdown()
+        await engine.recordings.close()
+        await engine.conferences.shutdown()
         await gateway.stop()
         await webhooks.close()
         await media.close()

@@ -129,6 +129,9 @@ class MediaConfig(_Strict):
 
 class RecordingsConfig(_Strict):
     path: Path = Path("/var/lib/ari-bridge/recordings")
+    retention_hours: float = Field(
+        720.0, gt=0, description="hours a recording is kept before it is deleted"
+    )
 
 
 class LogConfig(_Strict):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import importlib
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from bridge.api.models import ApiError, bad_request
 from bridge.api.openapi import spec
 from bridge.ari.errors import AriError, ChannelGone
 from bridge.calls.history import CallEntry
+from bridge.calls.outbound import OutboundCall
 from bridge.calls.session import CallSession, CallState
 from bridge.config import Config
 from bridge.media import MediaError, resolve_voice
@@ -414,23 +414,18 @@ class RestApi:
         if body.advanced_machine_detection is not None and \
                 body.advanced_machine_detection.behavior is not None:
             machine = body.advanced_machine_detection.behavior
-        app = engine.application(app_id)
         place_call = getattr(engine, "place_call", None)
-        try:
-            outbound = importlib.import_module("bridge.calls.outbound")
-        except ImportError:
-            outbound = None
-        if place_call is None or outbound is None:
+        if place_call is None:
             raise ApiError(503, "Service Unavailable", "outbound calls are not available")
-        call = outbound.OutboundCall(
+        call = OutboundCall(
             application_id=app_id,
             to=body.to[0],
             from_number=from_number,
             ncco=ncco,
             answer_url=body.answer_url[0] if body.answer_url else None,
             answer_method=body.answer_method,
-            event_url=body.event_url[0] if body.event_url else app.event_url,
-            event_method=body.event_method if body.event_url else app.event_method,
+            event_url=body.event_url[0] if body.event_url else None,  # None: the app's
+            event_method=body.event_method,
             ringing_timer_s=body.ringing_timer,
             length_timer_s=body.length_timer,
             machine_detection=machine,

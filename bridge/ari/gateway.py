@@ -427,6 +427,40 @@ class AriGateway:
             if exc.status != 404:
                 raise
 
+    # Snoop channels and bridge media (record, conversation).
+    async def snoop(self, channel_id: str, snoop_id: str, spy: str, app_args: list[str]) -> None:
+        """A snoop channel on ``channel_id`` in our application: ``spy`` 'in' carries what
+        the channel sends, 'out' what it hears. Route ``channel:<snoop_id>`` first."""
+        await self.request(
+            "POST", f"/channels/{channel_id}/snoop/{snoop_id}",
+            {"spy": spy, "whisper": "none", "app": self.app, "appArgs": app_args},
+            channel_id=channel_id,
+        )
+
+    async def record_bridge(
+        self, bridge_id: str, name: str, *, fmt: str = "wav", max_duration_s: int = 0,
+        if_exists: str = "overwrite",
+    ) -> None:
+        """Record a bridge's mix (events carry target_uri 'bridge:<id>')."""
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/record",
+            {"name": name, "format": fmt, "maxDurationSeconds": max_duration_s,
+             "ifExists": if_exists},
+        )
+
+    async def play_on_bridge(self, bridge_id: str, media: Iterable[str],
+                             playback_id: str) -> None:
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/play/{playback_id}", {"media": list(media)}
+        )
+
+    async def start_bridge_moh(self, bridge_id: str, moh_class: str = "default") -> None:
+        await self.request("POST", f"/bridges/{bridge_id}/moh", {"mohClass": moh_class})
+
+    async def stop_bridge_moh(self, bridge_id: str) -> None:
+        with contextlib.suppress(AriError):
+            await self.request("DELETE", f"/bridges/{bridge_id}/moh")
+
     async def app_channel_ids(self) -> list[str]:
         """Channels currently in our Stasis application (what a restart must pick up)."""
         info = await self.request("GET", f"/applications/{self.app}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -20,15 +21,20 @@ from typing import Any
 
 import structlog
 
+from bridge.api.files import FileStore
 from bridge.ari.errors import AriError
-from bridge.ari.gateway import AriGateway, Event
+from bridge.ari.gateway import AriGateway, Event, new_id
 from bridge.calls import events as ev
+from bridge.calls.conferences import ConferenceRegistry
 from bridge.calls.history import CallHistory
+from bridge.calls.outbound import OutboundCall
 from bridge.calls.session import CallSession
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig, Config
 from bridge.dial.dialer import Dialer
 from bridge.media import MediaStore
+from bridge.media.asr import AsrProvider
+from bridge.media.recordings import RecordingService
 from bridge.ncco import actions as action_modules
 from bridge.ncco.models import Action, NccoError, parse_ncco
 from bridge.webhooks import EventOutbox, Signer, Timeouts, WebhookClient
@@ -61,6 +67,11 @@ class CallEngine:
         self.calls_started = 0
         self.calls_rejected = 0
         self.history = CallHistory()  # ended calls, for GET /v1/calls
+        self.conferences = ConferenceRegistry(gateway)  # named conversation rooms
+        self.recordings = RecordingService(  # record, conversation record
+            gateway, FileStore(config.recordings.path),
+            retention_hours=config.recordings.retention_hours)
+        self.asr: AsrProvider | None = None  # speech input; None = the embedded default
 
     # ------------------------------------------------------------------ helpers
     def application(self, app_id: str) -> ApplicationConfig:
@@ -133,6 +144,34 @@ class CallEngine:
         self.store.save(record)
         self._start(CallSession(self, record))
 
+    async def place_call(self, request: OutboundCall) -> CallSession:
+        """Start an outbound call; returns at once (the session rings, then runs the NCCO)."""
+        app = self.application(request.application_id)
+        overrides: dict[str, Any] = {}
+        if request.event_url:
+            overrides.update(event_url=request.event_url, event_method=request.event_method)
+        if request.answer_url:
+            overrides.update(answer_url=request.answer_url,
+                             answer_method=request.answer_method)
+        if overrides:
+            app = app.model_copy(update=overrides)
+        record = CallRecord(
+            uuid=str(uuidlib.uuid4()),
+            conversation_uuid="CON-" + str(uuidlib.uuid4()),
+            channel_id=new_id(),
+            application_id=app.id,
+            direction="outbound",
+            from_number=request.from_number,
+            to_number=request.to_address,
+            started_at=ev.timestamp(),
+            answered_at=None,
+            ncco=[],
+            position=0,
+        )
+        self.store.save(record)
+        self._start(CallSession(self, record, outbound=request, app=app))
+        return self.sessions[record.uuid]
+
     def _start(self, session: CallSession) -> None:
         self.calls_started += 1
         self.sessions[session.uuid] = session
@@ -156,6 +195,9 @@ class CallEngine:
     # ------------------------------------------------------------ reconciliation
     async def reconcile(self) -> None:
         """After a (re)connect: resume or end what is in Stasis, complete what is gone."""
+        # Only sessions older than the snapshot can be judged by it: a call that starts while
+        # the request is in flight is not in the list yet, and is not gone.
+        snapshot_at = time.monotonic()
         try:
             in_stasis = set(await self.gateway.app_channel_ids())
         except AriError as exc:
@@ -163,7 +205,9 @@ class CallEngine:
             return
         # Live sessions whose channel vanished while the websocket was down.
         for session in list(self.sessions.values()):
-            if session.channel_id not in in_stasis:
+            dialling = session.outbound is not None and session.answered is None
+            if (session.created < snapshot_at and not dialling
+                    and session.channel_id not in in_stasis):
                 session.on_event({"type": "ChannelDestroyed", "cause_txt": "gone while away"})
         records = {r.channel_id: r for r in self.store.all()}
         resumed = ended = cleaned = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,8 +20,19 @@ import structlog
 
 from bridge.ari.errors import AriError, ChannelGone
 from bridge.calls import events as ev
+from bridge.calls.outbound import OutboundCall
 from bridge.calls.store import CallRecord
-from bridge.ncco.models import Action, NccoError, dump_ncco, parse_ncco, parse_ncco_bytes
+from bridge.config import ApplicationConfig
+from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.ncco.models import (
+    Action,
+    NccoError,
+    PhoneEndpoint,
+    SipEndpoint,
+    dump_ncco,
+    parse_ncco,
+    parse_ncco_bytes,
+)
 from bridge.webhooks import FallbackResult, ParseError, WebhookRequest, WebhookResponse
 
 if TYPE_CHECKING:
@@ -91,13 +103,17 @@ class CallSession:
         record: CallRecord,
         actions: list[Action] | None = None,
         resumed: bool = False,
+        outbound: OutboundCall | None = None,
+        app: ApplicationConfig | None = None,
     ) -> None:
         self.engine = engine
         self.record = record
         self.uuid = record.uuid
         self.conversation_uuid = record.conversation_uuid
         self.channel_id = record.channel_id
-        self.app = engine.application(record.application_id)
+        self.app = app or engine.application(record.application_id)
+        self.outbound = outbound
+        self.created = time.monotonic()
         self.gateway = engine.gateway
         self.media = engine.media
         self.state = CallState.RUNNING if resumed else CallState.RINGING
@@ -140,6 +156,7 @@ class CallSession:
             self.disconnected_by = "user"
         cause = event.get("cause_txt") or event.get("cause")
         self.hangup_cause = str(cause) if cause is not None else None
+        self.log.info("call.gone", ari_event=event.get("type"), cause=self.hangup_cause)
         self.gone.set()
         for waiter in self._waiters:
             if not waiter.future.done():
@@ -242,7 +259,14 @@ class CallSession:
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(call_uuid=self.uuid)
         try:
-            if not self._resumed:
+            if self.outbound is not None and not self._resumed:
+                actions = await self._dial_out(self.outbound)
+                if actions is not None:
+                    self.actions = actions
+                    self.position = 0
+                    self._save_progress()
+                    self._transition(CallState.RUNNING, "ncco")
+            elif not self._resumed:
                 self.status("started")
                 self.status("ringing")
                 with contextlib.suppress(ChannelGone):
@@ -280,6 +304,53 @@ class CallSession:
             with contextlib.suppress(AriError):
                 await self.gateway.hangup(self.channel_id, "normal")
         await self._finish()
+
+    async def _dial_out(self, request: OutboundCall) -> list[Action] | None:
+        """Ring the destination; once answered, the NCCO given or fetched from answer_url."""
+        self.status("started")
+        dialer = self.engine.dialer
+        if not isinstance(request.to, PhoneEndpoint | SipEndpoint):
+            self.error(f"calls to a {request.to.type!r} endpoint are not supported yet")
+            self.status("failed")
+            return None
+        try:
+            endpoint = (dialer.phone_endpoint(request.to.number)
+                        if isinstance(request.to, PhoneEndpoint)
+                        else dialer.sip_endpoint(request.to.uri))
+        except NoRoute as exc:
+            self.error(str(exc))
+            self.status("failed")
+            return None
+        target = DialTarget(self.uuid, endpoint, request.to_address, request.from_number,
+                            channel_id=self.channel_id)
+
+        def on_status(leg: Leg, status: str) -> None:
+            if status == "ringing":
+                self.status("ringing")
+
+        winner, legs = await dialer.dial([target], request.ringing_timer_s, on_status)
+        if winner is None:
+            dialer.release(legs[0])
+            outcome = legs[0].outcome
+            self.status(outcome.value if outcome is not None else "failed")
+            self.gone.set()  # nothing to hang up: the leg never came up
+            return None
+        # From now on the answered channel's events are the session's.
+        self.gateway.route(f"channel:{self.channel_id}", self.on_event)
+        self.answered = datetime.now(UTC)
+        self.engine.store.mark_answered(self.uuid, ev.timestamp(self.answered))
+        self.status("answered")
+        self.spawn(self._length_timer(request.length_timer_s), "length-timer")
+        if request.ncco is not None:
+            return request.ncco
+        return await self._fetch_answer_ncco()
+
+    async def _length_timer(self, seconds: int) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.gone.wait(), seconds)
+        if not self.gone.is_set():
+            self.log.info("call.length_timer_expired", seconds=seconds)
+            await self.gateway.hangup(self.channel_id)
 
     async def _fetch_answer_ncco(self) -> list[Action] | None:
         params = {
@@ -382,10 +453,13 @@ class CallSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.gone.wait(), 5)
         ended = datetime.now(UTC)
-        self.status(
-            "completed",
-            **ev.completed_extra(self.started, self.answered, ended, self.disconnected_by),
-        )
+        if self.outbound is None or self.answered is not None:
+            # An outbound call that was never answered ended with its failure status
+            # (busy, timeout, ...), as Vonage reports it; there is no conversation to complete.
+            self.status(
+                "completed",
+                **ev.completed_extra(self.started, self.answered, ended, self.disconnected_by),
+            )
         self._transition(CallState.ENDED, "completed")
         self.engine.forget(self)
         await self.outbox.drain()

@@ -42,6 +42,7 @@ class DialTarget:
     to: str  # the number or URI, as the application gave it
     caller_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    channel_id: str | None = None  # given when the caller must know it before dialling
 
 
 @dataclass
@@ -149,7 +150,8 @@ class Dialer:
         """Ring ``targets`` together; return the leg that answered (if any) and all legs.
 
         Cancelling this coroutine hangs up every leg that has not answered."""
-        legs = [Leg(target, on_status=on_status) for target in targets]
+        legs = [Leg(target, channel_id=target.channel_id or new_id(), on_status=on_status)
+                for target in targets]
         winner: Leg | None = None
         try:
             await asyncio.gather(*(self._start(leg, ring_timeout_s, caller_channel)

@@ -43,9 +43,8 @@ import structlog
 log = structlog.get_logger(__name__)
 
 #: Words that carry a request around a menu word; part of every hint grammar, never reported.
-CARRIER_WORDS = (
-    "i want to talk speak with the a an please my is it uh um yes no like would to"
-).split()
+CARRIER_WORDS = ("i", "want", "to", "talk", "speak", "with", "the", "a", "an", "please", "my",
+                 "is", "it", "uh", "um", "yes", "no", "like", "would")
 
 
 class AsrError(Exception):
@@ -139,6 +138,21 @@ def voiced_seconds(path: Path, threshold: float = DEFAULT_SPEECH_RMS,
     return voiced * frame_ms / 1000.0
 
 
+def trim_silence(samples: array.array[int], rate: int, threshold: float = DEFAULT_SPEECH_RMS,
+                 margin_s: float = 0.25, frame_ms: int = 20) -> array.array[int]:
+    """``samples`` from ``margin_s`` before the first voiced frame to ``margin_s`` after the
+    last one; empty when no frame is voiced."""
+    size = max(1, rate * frame_ms // 1000)
+    voiced = [
+        start for start in range(0, len(samples) - size + 1, size)
+        if math.sqrt(sum(s * s for s in samples[start:start + size]) / size) > threshold
+    ]
+    if not voiced:
+        return array.array("h")
+    margin = int(margin_s * rate)
+    return samples[max(0, voiced[0] - margin):min(len(samples), voiced[-1] + size + margin)]
+
+
 # ----------------------------------------------------------------------- pocketsphinx
 _WORD = re.compile(r"[a-z']+")
 _FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+)$")
@@ -210,17 +224,21 @@ class PocketsphinxAsr:
         return unique
 
     def _pcm16k(self, wav: Path) -> bytes:
-        """The recording as raw 16 kHz 16-bit mono, resampled by sox (a band-limited
-        resampler: naive interpolation leaves mirror images above 4 kHz that the model hears
-        as hiss and that cost a lot of accuracy)."""
-        samples, rate = read_pcm16_mono(wav)  # validates the file first
-        if rate == 16000:
-            return samples.tobytes() if sys.byteorder == "little" else _swapped(samples)
+        """The recording's speech as raw 16 kHz 16-bit mono: silence before and after it is
+        trimmed (long digital silence derails the decoder's noise and mean estimates), then
+        sox resamples it (a band-limited resampler: naive interpolation leaves mirror images
+        above 4 kHz that the model hears as hiss)."""
+        samples, rate = read_pcm16_mono(wav)
+        samples = trim_silence(samples, rate)
+        raw = samples.tobytes() if sys.byteorder == "little" else _swapped(samples)
+        if rate == 16000 or not raw:
+            return raw
         try:
             proc = subprocess.run(
-                [self._sox, "-q", str(wav), "-t", "raw", "-r", "16000", "-e", "signed",
-                 "-b", "16", "-c", "1", "-L", "-"],
-                capture_output=True, timeout=self._timeout_s, check=False,
+                [self._sox, "-q", "-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16",
+                 "-c", "1", "-L", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16",
+                 "-c", "1", "-L", "-"],
+                input=raw, capture_output=True, timeout=self._timeout_s, check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise AsrError(f"resampling {wav.name} failed: {exc}") from exc
@@ -232,7 +250,7 @@ class PocketsphinxAsr:
     def _decoder(self) -> Any:
         decoder = getattr(self._local, "decoder", None)
         if decoder is None:
-            from pocketsphinx import Decoder  # imported here: loading it is not free
+            from pocketsphinx import Decoder  # type: ignore[import-untyped]
 
             decoder = Decoder(samprate=16000, loglevel="FATAL")
             decoder.add_lm("_lm", decoder.get_lm())  # the default search, kept by name

@@ -27,15 +27,20 @@ from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 from vonage import Auth, HttpClientOptions, Vonage
 from vonage_http_client.errors import AuthenticationError, FileStreamingError, NotFoundError
-from vonage_voice.models.ncco import Notify, Wait
-from vonage_voice.models.requests import AudioStreamOptions, ListCallsFilter, TtsStreamOptions
+from vonage_voice.models.ncco import Notify, Talk, Wait
+from vonage_voice.models.requests import (
+    AudioStreamOptions,
+    CreateCallRequest,
+    ListCallsFilter,
+    TtsStreamOptions,
+)
 
 from bridge.api.auth import LEEWAY_S
 from bridge.app import API_KEY, BridgeService
 from bridge.calls.session import CallSession
 from bridge.config import ApplicationConfig, RecordingsConfig
 from bridge.lab import LabInfo
-from bridge.lab.sipp import RtpReceiver, SippResult, place_call
+from bridge.lab.sipp import Agent, RtpReceiver, SippResult, place_call
 from bridge.webhooks import encode_body, payload_hash
 from tests.integration.conftest import bridge_config
 from tests.integration.harness import Recorded, Reply, WebhookApp, new_number
@@ -63,8 +68,9 @@ def keys() -> dict[str, tuple[str, str]]:
 
 
 async def _start_bridge(lab: LabInfo, webhooks: WebhookApp, tmp: Path,
-                        keys: dict[str, tuple[str, str]], default_app: str) -> BridgeService:
-    base = bridge_config(lab, webhooks, tmp)
+                        keys: dict[str, tuple[str, str]], default_app: str,
+                        routes: dict[str, int] | None = None) -> BridgeService:
+    base = bridge_config(lab, webhooks, tmp, routes=routes)
     template = base.application("main")
     assert template is not None
     key_file = tmp / "other.pem"
@@ -366,9 +372,59 @@ async def test_openapi_is_served_and_describes_the_sdk_responses(api_bridge, key
     assert raw["count"] >= 1
 
 
+# ------------------------------------------------------------------ outbound calls
+async def test_sdk_creates_an_outbound_call(lab, webhooks, tmp_path, keys):
+    from tests.integration.conftest import _hang_up_leftovers
+
+    async with Agent(200) as agent:
+        service = await _start_bridge(lab, webhooks, tmp_path, keys, API_APP,
+                                      routes={"44": agent.port})
+        try:
+            client = sdk(service, API_APP, keys[API_APP][0])
+            number = "44" + new_number()
+            created = await in_thread(client.voice.create_call, CreateCallRequest(
+                to=[{"type": "phone", "number": number}],
+                from_={"number": "15550001111"},
+                ncco=[Talk(text="This call was placed with the REST API.")],
+                ringing_timer=30, length_timer=60,
+            ))
+            assert created.status == "started" and created.direction == "outbound"
+            assert created.conversation_uuid.startswith("CON-")
+            await webhooks.wait_completed(number)
+            assert webhooks.statuses(number) == ["started", "ringing", "answered", "completed"]
+            assert {e["uuid"] for e in webhooks.events(number)} == {created.uuid}
+            assert agent.receiver is not None and agent.receiver.voiced_seconds() > 1.0
+            info = await in_thread(client.voice.get_call, created.uuid)
+            assert info.direction == "outbound" and info.status == "completed"
+            assert info.to.number == number and info.from_.number == "15550001111"
+
+            # answer_url instead of an NCCO, and a per-call event_url
+            other = "44" + new_number()
+            webhooks.answer(other, [{"action": "talk", "text": "Fetched for the REST call."}])
+            created = await in_thread(client.voice.create_call, CreateCallRequest(
+                to=[{"type": "phone", "number": other}], from_={"number": "15550001111"},
+                answer_url=[f"{webhooks.url}/answer"], event_url=[f"{webhooks.url}/event"],
+            ))
+            await webhooks.wait_completed(other)
+            [answer] = [r for r in webhooks.of("/answer") if r.query.get("to") == other]
+            assert answer.query["uuid"] == created.uuid
+
+            # invalid bodies name the field
+            resp = await in_thread(lambda: requests.post(
+                f"http://127.0.0.1:{service.port}/v1/calls",
+                headers={"Authorization": client.http_client.auth.create_jwt_auth_string()},
+                json={"to": [{"type": "phone", "number": number}], "from": "1555",
+                      "ncco": [{"action": "talk", "text": "x", "loop": 1000}]}, timeout=10))
+            assert resp.status_code == 400
+            assert resp.json()["invalid_parameters"][0]["name"] == "ncco[0].loop"
+        finally:
+            await service.stop()
+            await _hang_up_leftovers(lab)
+
+
 # --------------------------------------------------------------- malformed requests
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
         st.sampled_from(["action", "destination", "type", "ncco", "url", "text", "loop",

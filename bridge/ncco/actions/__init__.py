@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bridge.ncco.actions import connect, input, notify, stream, talk, wait
+from bridge.ncco.actions import (
+    connect,
+    conversation,
+    input,
+    notify,
+    record,
+    stream,
+    talk,
+    wait,
+)
 from bridge.ncco.models import Action, NccoError
 
 RUNNERS: dict[str, Callable[[Any, Any], Coroutine[Any, Any, list[Action] | None]]] = {
@@ -16,6 +25,8 @@ RUNNERS: dict[str, Callable[[Any, Any], Coroutine[Any, Any, list[Action] | None]
     "notify": notify.run,
     "input": input.run,
     "connect": connect.run,
+    "record": record.run,
+    "conversation": conversation.run,
 }
 _CHECKS: dict[str, Callable[[Any, int], None]] = {
     "talk": talk.check,
