@@ -131,6 +131,7 @@ class CallSession:
         self._pending_ncco: list[Action] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._resumed = resumed
+        self._saved: tuple[int, int, int] | None = None
         self.outbox = engine.new_outbox(self.app)
         self.log = log.bind(call_uuid=self.uuid, channel_id=self.channel_id)
 
@@ -156,7 +157,7 @@ class CallSession:
             self.disconnected_by = "user"
         cause = event.get("cause_txt") or event.get("cause")
         self.hangup_cause = str(cause) if cause is not None else None
-        self.log.info("call.gone", ari_event=event.get("type"), cause=self.hangup_cause)
+        self.log.debug("call.gone", ari_event=event.get("type"), cause=self.hangup_cause)
         self.gone.set()
         for waiter in self._waiters:
             if not waiter.future.done():
@@ -269,9 +270,11 @@ class CallSession:
             elif not self._resumed:
                 self.status("started")
                 self.status("ringing")
-                with contextlib.suppress(ChannelGone):
-                    await self.gateway.ring(self.channel_id)
+                # 180 Ringing goes out while the application is asked: neither waits.
+                ring = asyncio.ensure_future(self.gateway.ring(self.channel_id))
                 actions = await self._fetch_answer_ncco()
+                with contextlib.suppress(ChannelGone):
+                    await ring
                 if actions is not None:
                     self.actions = actions
                     self.position = 0
@@ -401,7 +404,7 @@ class CallSession:
         runner = self.engine.runner(action.action)
         if action.NEEDS_MEDIA:
             await self.ensure_answered()
-        self.log.info("action.start", action=action.action, position=self.position)
+        self.log.debug("action.start", action=action.action, position=self.position)
         self._current = asyncio.create_task(runner(self, action), name=f"{action.action}")
         try:
             result = await self._current
@@ -412,7 +415,7 @@ class CallSession:
             result = None  # the action was cancelled: hangup or a replacement NCCO
         finally:
             self._current = None
-        self.log.info("action.end", action=action.action, position=self.position,
+        self.log.debug("action.end", action=action.action, position=self.position,
                       replaced=result is not None or self._pending_ncco is not None)
         return result
 
@@ -435,6 +438,11 @@ class CallSession:
             self._current.cancel()
 
     def _save_progress(self) -> None:
+        """Persist the NCCO and position, when they changed (one small write per action)."""
+        key = (id(self.actions), self.position, self.replacements)
+        if key == self._saved:
+            return
+        self._saved = key
         self.engine.store.update_progress(
             self.uuid, dump_ncco(self.actions), self.position, self.replacements
         )
@@ -453,7 +461,11 @@ class CallSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.gone.wait(), 5)
         ended = datetime.now(UTC)
-        if self.outbound is None or self.answered is not None:
+        self.log.info("call.ended", direction=self.direction, to=self.record.to_number,
+                      answered=self.answered is not None, disconnected_by=self.disconnected_by,
+                      actions_run=self.position, replacements=self.replacements)
+        if self.app.event_url is not None and (self.outbound is None or
+                                               self.answered is not None):
             # An outbound call that was never answered ended with its failure status
             # (busy, timeout, ...), as Vonage reports it; there is no conversation to complete.
             self.status(
@@ -467,7 +479,7 @@ class CallSession:
     def _transition(self, new: CallState, event: str) -> None:
         if new is self.state:
             return
-        self.log.info(f"{self.state.value} -[{event}]-> {new.value}")
+        self.log.debug(f"{self.state.value} -[{event}]-> {new.value}")
         self.state = new
 
 

@@ -316,6 +316,9 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     _prune_instances(host_dir.parent)
     for sub in render.INSTANCE_DIR_KEYS.values():
         (host_dir / sub).mkdir(parents=True, exist_ok=True)
+    # ARI recordings (record, speech input) are written under <spool>/recording, which
+    # Asterisk does not create: without it every recording fails with ENOENT.
+    (host_dir / "spool" / "recording").mkdir(parents=True, exist_ok=True)
     (host_dir / OWNER_NAME).write_text(f"{state_dir.resolve()}\n")
     # Leftovers of an instance that was killed would confuse the new one.
     for stale in (host_dir / "run").iterdir():

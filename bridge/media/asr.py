@@ -139,7 +139,7 @@ def voiced_seconds(path: Path, threshold: float = DEFAULT_SPEECH_RMS,
 
 
 def trim_silence(samples: array.array[int], rate: int, threshold: float = DEFAULT_SPEECH_RMS,
-                 margin_s: float = 0.25, frame_ms: int = 20) -> array.array[int]:
+                 margin_s: float = 0.1, frame_ms: int = 20) -> array.array[int]:
     """``samples`` from ``margin_s`` before the first voiced frame to ``margin_s`` after the
     last one; empty when no frame is voiced."""
     size = max(1, rate * frame_ms // 1000)

@@ -339,7 +339,7 @@ class WebhookClient:
             elapsed_ms=elapsed_ms,
             error=outcome.error,
         )
-        (log.info if resp.ok else log.warning)(
+        (log.debug if resp.ok else log.warning)(
             "webhook request",
             method=req.method,
             url=redact_url(req.url),

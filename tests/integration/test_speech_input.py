@@ -63,7 +63,7 @@ async def test_spoken_words_reach_the_input_event(bridge, webhooks, dial, tmp_pa
                                                   context, expected):
     number = new_number()
     hook = webhooks.hook(f"speech-{number}", {})
-    webhooks.answer(number, speech_ncco(hook, context=context, startTimeout=10, saveAudio=True))
+    webhooks.answer(number, speech_ncco(hook, context=context, startTimeout=10))
 
     call = await dial(number, steps=[Audio(spoken_pcap(tmp_path, text))])
 

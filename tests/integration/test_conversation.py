@@ -1,0 +1,186 @@
+"""conversation: three real callers in one named room, each speaking its own tone; who hears
+whom, hold music until the moderator joins, endOnExit, a full room, the room's recording."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.calls import conferences
+from bridge.lab import LabInfo
+from bridge.lab.pcap import tone_samples, write_rtp_pcap
+from bridge.lab.sipp import Audio, HangUp, Pause, RtpReceiver, SippResult, Step, place_call
+from tests.integration.harness import WebhookApp, new_number
+from tests.integration.test_record import (
+    band_power,
+    decode,
+    duration,
+    file_type,
+    received_samples,
+    stored_file,
+)
+
+pytestmark = pytest.mark.integration
+
+FREQS = {"a": 600, "b": 1000, "c": 1400}
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("room-tones")
+    return {who: write_rtp_pcap(folder / f"{who}.pcap", tone_samples(4, hz))
+            for who, hz in FREQS.items()}
+
+
+class LiveCall:
+    """A caller whose received audio can be inspected while the call is still up."""
+
+    def __init__(self, lab: LabInfo, number: str, steps: list[Step], timeout_s: float = 40):
+        self.lab, self.number, self.steps, self.timeout_s = lab, number, steps, timeout_s
+        self.receiver: RtpReceiver | None = None
+        self.task: asyncio.Task[SippResult] | None = None
+
+    async def start(self) -> LiveCall:
+        self.receiver = await RtpReceiver.open()
+        self.task = asyncio.create_task(place_call(
+            self.lab.sip_host, self.lab.sip_port, self.number, rtp_port=self.receiver.port,
+            steps=self.steps, timeout_s=self.timeout_s))
+        return self
+
+    async def result(self) -> SippResult:
+        assert self.task is not None and self.receiver is not None
+        try:
+            return await self.task
+        finally:
+            self.receiver.close()
+
+    def hears(self, frequency: float, since: float = 0.0) -> float:
+        """Power at ``frequency`` in what reached this caller (after ``since``)."""
+        assert self.receiver is not None
+        packets = [p for p in self.receiver.audio_packets() if p.arrived >= since]
+        probe = RtpReceiver()
+        probe.packets = packets
+        return band_power(received_samples(probe), frequency)
+
+
+def joined(webhooks: WebhookApp, number: str) -> list[dict[str, Any]]:
+    return [e for e in webhooks.events(number) if "conversation_uuid_to" in e]
+
+
+async def wait_joined(webhooks: WebhookApp, number: str) -> dict[str, Any]:
+    await webhooks.wait_for(lambda: bool(joined(webhooks, number)), timeout=20)
+    return joined(webhooks, number)[0]
+
+
+def room_action(name: str, **extra: Any) -> dict[str, Any]:
+    return {"action": "conversation", "name": name, **extra}
+
+
+async def test_three_callers_hear_each_other_but_not_the_muted_one(
+        bridge, webhooks, lab, voices):
+    room = f"room-{new_number()}"
+    numbers = {who: new_number() for who in FREQS}
+    hook = webhooks.hook(f"room-rec-{room}", {})
+    webhooks.answer(numbers["a"], [room_action(room, record=True, eventUrl=[hook])])
+    webhooks.answer(numbers["b"], [room_action(room)])
+    webhooks.answer(numbers["c"], [room_action(room, mute=True)])
+
+    calls = {}
+    for who in FREQS:  # each joins before the next dials, so all three overlap for sure
+        calls[who] = await LiveCall(lab, numbers[who], [
+            Pause(3000), Audio(voices[who]), Pause(5500), HangUp()]).start()
+        await wait_joined(webhooks, numbers[who])
+    results = {who: await call.result() for who, call in calls.items()}
+
+    for who, result in results.items():
+        assert result.ok, f"{who}: {result.errors}"
+    a, b, c = calls["a"], calls["b"], calls["c"]
+    # a and b hear each other; nobody hears c (muted); c hears both; nobody hears themselves.
+    assert a.hears(1000) > 20 * a.hears(1400) and a.hears(1000) > 20 * a.hears(600)
+    assert b.hears(600) > 20 * b.hears(1400) and b.hears(600) > 20 * b.hears(1000)
+    assert c.hears(600) > 20 * c.hears(1400) and c.hears(1000) > 20 * c.hears(1400)
+    # All three moved into the same conversation.
+    targets = {joined(webhooks, n)[0]["conversation_uuid_to"] for n in numbers.values()}
+    assert len(targets) == 1
+    for who, number in numbers.items():
+        await webhooks.wait_completed(number)
+        first = joined(webhooks, number)[0]
+        assert first["conversation_uuid_from"] != first["conversation_uuid_to"], who
+    # The room's mix was recorded: a and b, not the muted c.
+    await webhooks.wait_for(lambda: bool(webhooks.of(f"/hook/room-rec-{room}")), timeout=30)
+    event = webhooks.of(f"/hook/room-rec-{room}")[0].json
+    assert event["conversation_uuid"] in targets
+    assert event["size"] > 0 and event["start_time"] <= event["end_time"]
+    path = stored_file(bridge, event)
+    assert file_type(path) == "mp3"
+    assert duration(path) > 4.0
+    _, _, (mix,) = decode(path)
+    assert band_power(mix, 600) > 20 * band_power(mix, 1400)
+    assert band_power(mix, 1000) > 20 * band_power(mix, 1400)
+
+
+async def test_music_until_the_moderator_joins_and_end_on_exit_hangs_up_everybody(
+        bridge, webhooks, lab, voices):
+    room = f"room-{new_number()}"
+    waiting, second, moderator = new_number(), new_number(), new_number()
+    music = f"{webhooks.url}/audio/tone.wav"  # 440 Hz
+    webhooks.answer(waiting, [room_action(room, startOnEnter=False, musicOnHoldUrl=[music])])
+    webhooks.answer(second, [room_action(room, startOnEnter=False)])
+    webhooks.answer(moderator, [room_action(room, startOnEnter=True, endOnExit=True)])
+
+    # Nobody hangs up but the moderator: the others must be hung up by endOnExit.
+    first = await LiveCall(lab, waiting, []).start()
+    await wait_joined(webhooks, waiting)
+    await until(lambda: first.hears(440) > 1e9, "the first caller never heard the music")
+    other = await LiveCall(lab, second, []).start()
+    await wait_joined(webhooks, second)
+    await until(lambda: other.hears(440) > 1e9, "the second caller never heard the music")
+    joined_at = time.monotonic()
+    boss = await LiveCall(lab, moderator, [Pause(2000), Audio(voices["b"]), Pause(2000),
+                                           HangUp()]).start()
+
+    results = [await first.result(), await other.result(), await boss.result()]
+
+    for result in results:
+        assert result.ok, result.errors  # the first two received BYE from the bridge
+    for number in (waiting, second, moderator):
+        await webhooks.wait_completed(number)
+    # Once the moderator was in, the music stopped and the moderator was heard instead.
+    assert first.hears(1000, since=joined_at) > 20 * first.hears(440, since=joined_at + 2)
+    assert not any("reason" in e for n in (waiting, second, moderator)
+                   for e in webhooks.events(n))
+
+
+async def test_a_full_room_sends_an_error_and_the_ncco_goes_on(
+        bridge, webhooks, lab, monkeypatch):
+    monkeypatch.setattr(conferences, "MAX_PARTICIPANTS", 1)
+    room = f"room-{new_number()}"
+    inside, late = new_number(), new_number()
+    after = webhooks.hook(f"after-full-{late}", {})
+    webhooks.answer(inside, [room_action(room)])
+    webhooks.answer(late, [room_action(room),
+                           {"action": "notify", "payload": {"full": True}, "eventUrl": [after]}])
+
+    first = await LiveCall(lab, inside, [Pause(8000), HangUp()]).start()
+    await wait_joined(webhooks, inside)
+    second = await LiveCall(lab, late, []).start()
+
+    assert (await second.result()).ok  # the NCCO went on (notify) and ended
+    assert (await first.result()).ok
+    await webhooks.wait_completed(late)
+    assert any("participants" in reason for reason in webhooks.errors(late))
+    assert len(webhooks.of(f"/hook/after-full-{late}")) == 1
+    assert not joined(webhooks, late)
+
+
+async def until(predicate: Callable[[], bool], message: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        await asyncio.sleep(0.1)
