@@ -134,6 +134,83 @@ class RecordingsConfig(_Strict):
     )
 
 
+class AgentsConfig(_Strict):
+    """Agent state for Exotel Connect applets: busy leases and sticky agents."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="sqlite: embedded, no server; redis: shared by several bridges")
+    path: Path | None = Field(
+        None, description="SQLite file; default: agents.sqlite3 beside store.path")
+    redis_url: str | None = Field(None, description="redis://host:port/db for the redis backend")
+    redis_prefix: str = "ari-bridge:"
+    lease_s: float = Field(
+        30.0, ge=1, le=3600,
+        description="seconds a busy mark lives unless refreshed (refreshed every lease_s/3 "
+                    "while the call lasts; a crashed bridge's marks expire after this)")
+    sticky_ttl_s: float = Field(
+        7 * 86400.0, gt=0, description="seconds a caller -> agent sticky mapping is kept")
+    track_all_calls: bool = Field(
+        True, description="mark the remote party of every call busy (an agent calling in, or "
+                          "called by a REST outbound call, is skipped by applets)")
+    caller_ids: list[str] = Field(
+        default_factory=list,
+        description="operator numbers an applet may use as outgoing_phone_number, besides "
+                    "the inbound numbers configured in numbers and connect_applets")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be a redis:// URL, got {value!r}")
+        return value
+
+
+class AppletTransition(_Strict):
+    """Where an applet goes next: an inline NCCO, an NCCO fetched from ``url`` (GET with the
+    applet's query parameters), or, with neither, hang up."""
+
+    ncco: list[dict[str, Any]] | None = None
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+
+class ConnectAppletConfig(_Strict):
+    """An Exotel Connect applet on one inbound number (see docs/exotel-connect.md)."""
+
+    application: str = Field(description="application whose event_url, timeouts and signing "
+                                         "the call and its transition NCCOs use")
+    primary_url: str
+    fallback_url: str | None = None
+    dialect: Literal["1.1", "dial_whom"] = Field(
+        "1.1", description="1.1: JSON parameters; dial_whom: text/plain comma-separated numbers")
+    fetch_after_attempt: bool = Field(
+        True, description="dial_whom only: ask the URL again after every unanswered attempt "
+                          "(1.1 responses say it themselves)")
+    request_timeout_s: float | None = Field(
+        None, gt=0, le=30, description="seconds the URL may take; default 5 (1.1), 10 (dial_whom)")
+    ring_timeout_s: int = Field(
+        30, ge=1, le=60, description="ringing seconds per attempt when the response sets none")
+    after_conversation: AppletTransition = AppletTransition()
+    nobody_answered: AppletTransition = AppletTransition()
+    nobody_dialled: AppletTransition | None = Field(
+        None, description="unset: nobody_answered is used, as Exotel does")
+
+    @field_validator("primary_url", "fallback_url")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @property
+    def timeout_s(self) -> float:
+        if self.request_timeout_s is not None:
+            return self.request_timeout_s
+        return 5.0 if self.dialect == "1.1" else 10.0
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = Field(False, alias="json")
@@ -152,6 +229,9 @@ class Config(_Strict):
     )
     trunks: list[TrunkConfig] = []
     routes: list[RouteConfig] = []
+    agents: AgentsConfig = AgentsConfig()
+    connect_applets: dict[str, ConnectAppletConfig] = Field(
+        default_factory=dict, description="inbound number -> Exotel Connect applet")
 
     def model_post_init(self, __context: Any) -> None:
         ids = [a.id for a in self.applications]
@@ -165,6 +245,10 @@ class Config(_Strict):
         for i, route in enumerate(self.routes):
             if route.trunk not in trunk_names:
                 raise ValueError(f"routes.{i}.trunk: unknown trunk {route.trunk!r}")
+        for number, applet in self.connect_applets.items():
+            if applet.application not in ids:
+                raise ValueError(f"connect_applets.{number}.application: unknown application "
+                                 f"{applet.application!r}")
 
     def application(self, app_id: str) -> ApplicationConfig | None:
         return next((a for a in self.applications if a.id == app_id), None)
@@ -176,6 +260,16 @@ class Config(_Strict):
             if key in self.numbers:
                 return self.application(self.numbers[key])
         return None
+
+    def applet_for_number(self, number: str) -> ConnectAppletConfig | None:
+        """The Exotel Connect applet on inbound number ``number`` (exact, with or without +)."""
+        for key in (number, number.lstrip("+"), "+" + number.lstrip("+")):
+            if key in self.connect_applets:
+                return self.connect_applets[key]
+        return None
+
+    def agents_path(self) -> Path:
+        return self.agents.path or self.store.path.with_name("agents.sqlite3")
 
     def route_for(self, number: str) -> TrunkConfig | None:
         """The trunk for ``number`` by longest matching prefix."""

@@ -329,6 +329,21 @@ class AriGateway:
             {"caller": caller_id, "timeout": timeout_s}, channel_id=channel_id,
         )
 
+    async def external_media(
+        self, channel_id: str, external_host: str, audio_format: str
+    ) -> tuple[str, int]:
+        """Create an externalMedia channel sending RTP to ``external_host``; returns the
+        address and port where Asterisk listens for our RTP."""
+        channel = await self.request(
+            "POST", "/channels/externalMedia",
+            {"app": self.app, "channelId": channel_id, "external_host": external_host,
+             "format": audio_format, "encapsulation": "rtp", "transport": "udp",
+             "direction": "both"},
+        )
+        variables = channel.get("channelvars", {}) if isinstance(channel, dict) else {}
+        return (str(variables.get("UNICASTRTP_LOCAL_ADDRESS", "127.0.0.1")),
+                int(variables.get("UNICASTRTP_LOCAL_PORT", 0)))
+
     async def send_dtmf(self, channel_id: str, digits: str, between_ms: int = 100) -> None:
         """Send RFC 4733 digits; 'w' in ``digits`` is a 500 ms pause."""
         await self.request(
@@ -460,6 +475,26 @@ class AriGateway:
     async def stop_bridge_moh(self, bridge_id: str) -> None:
         with contextlib.suppress(AriError):
             await self.request("DELETE", f"/bridges/{bridge_id}/moh")
+
+    async def start_moh(self, channel_id: str, moh_class: str = "default") -> None:
+        """Music on hold on one channel (Exotel Connect: the caller while agents ring)."""
+        await self.request("POST", f"/channels/{channel_id}/moh", {"mohClass": moh_class},
+                           channel_id=channel_id)
+
+    async def stop_moh(self, channel_id: str) -> None:
+        with contextlib.suppress(AriError):
+            await self.request("DELETE", f"/channels/{channel_id}/moh")
+
+    async def endpoint_state(self, tech: str, resource: str) -> dict[str, Any] | None:
+        """``GET /endpoints/{tech}/{resource}`` (state online/offline, channel_ids), or None
+        when Asterisk has no such endpoint."""
+        try:
+            result = await self.request("GET", f"/endpoints/{tech}/{resource}")
+        except AriError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(result) if isinstance(result, dict) else None
 
     async def app_channel_ids(self) -> list[str]:
         """Channels currently in our Stasis application (what a restart must pick up)."""

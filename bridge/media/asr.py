@@ -139,18 +139,21 @@ def voiced_seconds(path: Path, threshold: float = DEFAULT_SPEECH_RMS,
 
 
 def trim_silence(samples: array.array[int], rate: int, threshold: float = DEFAULT_SPEECH_RMS,
-                 margin_s: float = 0.1, frame_ms: int = 20) -> array.array[int]:
-    """``samples`` from ``margin_s`` before the first voiced frame to ``margin_s`` after the
-    last one; empty when no frame is voiced."""
-    size = max(1, rate * frame_ms // 1000)
-    voiced = [
-        start for start in range(0, len(samples) - size + 1, size)
-        if math.sqrt(sum(s * s for s in samples[start:start + size]) / size) > threshold
-    ]
-    if not voiced:
+                 margin_s: float = 0.1) -> array.array[int]:
+    """``samples`` from ``margin_s`` before the first sample louder than ``threshold`` to
+    ``margin_s`` after the last one (padded with silence where the recording is shorter);
+    empty when no sample is that loud. Cut at the sound itself, not on a frame grid, so the
+    same speech gives the same audio, and the same hypotheses, however much silence came
+    before it."""
+    loud = [i for i, s in enumerate(samples) if abs(s) > threshold]
+    if not loud:
         return array.array("h")
     margin = int(margin_s * rate)
-    return samples[max(0, voiced[0] - margin):min(len(samples), voiced[-1] + size + margin)]
+    first, last = loud[0] - margin, loud[-1] + 1 + margin
+    out = array.array("h", bytes(2 * max(0, -first)))  # padded to the full margin
+    out.extend(samples[max(0, first):min(len(samples), last)])
+    out.extend(array.array("h", bytes(2 * max(0, last - len(samples)))))
+    return out
 
 
 # ----------------------------------------------------------------------- pocketsphinx
@@ -271,6 +274,10 @@ class PocketsphinxAsr:
     def _decode(decoder: Any, data: bytes, search: str,
                 keep: set[str] | None = None) -> Hypothesis | None:
         decoder.activate_search(search)
+        # The cepstral mean carries over from the last utterance; start each one from the
+        # model's own, so a recording gives the same hypotheses whatever was decoded before.
+        decoder.reinit_feat()
+        decoder.set_cmn(decoder.config["cmninit"])
         decoder.start_utt()
         decoder.process_raw(data, full_utt=True)
         decoder.end_utt()

@@ -118,6 +118,7 @@ class WebhookRequest:
     url: str
     method: Method
     data: Mapping[str, Any]
+    headers: Mapping[str, str] | None = None  # extra request headers (e.g. exotel-version)
 
     def __post_init__(self) -> None:
         if self.method not in ("GET", "POST"):
@@ -419,7 +420,7 @@ class WebhookClient:
         if url.scheme not in ("http", "https") or not url.host:
             return _Attempt(None, b"", None, "invalid url", False)
 
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(req.headers or {})
         if req.method == "GET":
             body = b""
             params = encode_query(req.data)

@@ -69,7 +69,11 @@ class LiveCall:
 
 
 def joined(webhooks: WebhookApp, number: str) -> list[dict[str, Any]]:
-    return [e for e in webhooks.events(number) if "conversation_uuid_to" in e]
+    """The transfer events of the call to ``number`` (to event_url or the action's eventUrl)."""
+    uuids = {e.get("uuid") for e in webhooks.events(number)}
+    return [r.json for r in webhooks.requests
+            if isinstance(r.json, dict) and "conversation_uuid_to" in r.json
+            and r.json.get("uuid") in uuids]
 
 
 async def wait_joined(webhooks: WebhookApp, number: str) -> dict[str, Any]:
@@ -112,8 +116,10 @@ async def test_three_callers_hear_each_other_but_not_the_muted_one(
         first = joined(webhooks, number)[0]
         assert first["conversation_uuid_from"] != first["conversation_uuid_to"], who
     # The room's mix was recorded: a and b, not the muted c.
-    await webhooks.wait_for(lambda: bool(webhooks.of(f"/hook/room-rec-{room}")), timeout=30)
-    event = webhooks.of(f"/hook/room-rec-{room}")[0].json
+    await webhooks.wait_for(lambda: any("recording_url" in r.json for r in webhooks.of(
+        f"/hook/room-rec-{room}")), timeout=30)
+    event = next(r.json for r in webhooks.of(f"/hook/room-rec-{room}")
+                 if "recording_url" in r.json)
     assert event["conversation_uuid"] in targets
     assert event["size"] > 0 and event["start_time"] <= event["end_time"]
     path = stored_file(bridge, event)

@@ -35,7 +35,7 @@ def recording_dir(lab: LabInfo) -> None:
         os.chown(recording, owner.st_uid, owner.st_gid)
 
 
-def spoken_pcap(folder: Path, text: str, lead_s: float = 0.8, tail_s: float = 3.0) -> Path:
+def spoken_pcap(folder: Path, text: str, lead_s: float = 1.5, tail_s: float = 3.0) -> Path:
     """``text`` as the caller's RTP (PCMU, 20 ms frames), with silence before and after so
     that the caller keeps sending packets while Asterisk listens for the end of speech."""
     raw = folder / "raw.wav"

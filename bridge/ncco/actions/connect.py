@@ -18,6 +18,7 @@ import uuid as uuidlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import structlog
 
 from bridge.ari.errors import AriError
@@ -25,7 +26,21 @@ from bridge.ari.gateway import new_id
 from bridge.calls import events as ev
 from bridge.dial.dialer import DialTarget, Leg, NoRoute
 from bridge.dial.outcome import LegOutcome
-from bridge.ncco.models import Action, Connect, NccoError, PhoneEndpoint, SipEndpoint
+from bridge.media.websocket_relay import (
+    ASTERISK_FORMAT,
+    RtpPeer,
+    first_message,
+    open_rtp,
+    relay,
+)
+from bridge.ncco.models import (
+    Action,
+    Connect,
+    NccoError,
+    PhoneEndpoint,
+    SipEndpoint,
+    WebsocketEndpoint,
+)
 
 if TYPE_CHECKING:
     from bridge.calls.session import CallSession
@@ -35,7 +50,7 @@ log = structlog.get_logger(__name__)
 
 def check(action: Connect, index: int) -> None:
     endpoint = action.endpoint[0]
-    if not isinstance(endpoint, PhoneEndpoint | SipEndpoint):
+    if not isinstance(endpoint, PhoneEndpoint | SipEndpoint | WebsocketEndpoint):
         raise NccoError(
             f"connect to a {endpoint.type!r} endpoint is not supported by this version of "
             "ari-bridge", f"[{index}].endpoint[0].type",
@@ -93,6 +108,8 @@ async def run(call: CallSession, action: Connect) -> list[Action] | None:
     to = endpoint.number if isinstance(endpoint, PhoneEndpoint) else endpoint.uri  # type: ignore[union-attr]
     events = LegEvents(call, action, leg_uuid, to, action.from_ or call.record.to_number)
     events.send("started")
+    if isinstance(endpoint, WebsocketEndpoint):
+        return await _connect_websocket(call, action, endpoint, events)
     try:
         target = _target(call, action, leg_uuid)
     except NoRoute as exc:
@@ -191,3 +208,68 @@ async def _tear_down(call: CallSession, leg: Leg, bridge_id: str) -> None:
         await gateway.remove_from_bridge(bridge_id, call.channel_id)
     with contextlib.suppress(AriError):
         await gateway.destroy_bridge(bridge_id)
+
+
+async def _connect_websocket(call: CallSession, action: Connect, endpoint: WebsocketEndpoint,
+                             events: LegEvents) -> list[Action] | None:
+    """Relay the caller's audio to and from the application's WebSocket until either ends."""
+    rate = int(endpoint.content_type.rsplit("rate=", 1)[1])
+    frame_bytes = rate * 2 // 50  # 20 ms of 16-bit samples
+    gateway = call.gateway
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(endpoint.uri, timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                                       max_msg_size=1 << 20)
+        except (aiohttp.ClientError, OSError) as exc:
+            call.error(f"connect: websocket {endpoint.uri} unreachable: {exc}")
+            return await _failed(call, action, events, LegOutcome.FAILED)
+        peer = await open_rtp(rate)
+        media_channel = new_id()
+        bridge_id = new_id()
+        gone = asyncio.Event()
+        gateway.route(f"channel:{media_channel}",
+                      lambda e: gone.set() if e.get("type") == "ChannelDestroyed" else None)
+        answered = datetime.now(UTC)
+        try:
+            await ws.send_str(first_message(endpoint.content_type, endpoint.headers))
+            await call.ensure_answered()
+            host, port = await gateway.external_media(
+                media_channel, f"127.0.0.1:{_local_port(peer)}", ASTERISK_FORMAT)
+            peer.remote = (host, port)
+            events.send("answered")
+            await gateway.create_bridge(bridge_id, "mixing", f"websocket-{call.uuid}")
+            await gateway.add_to_bridge(bridge_id, call.channel_id)
+            await gateway.add_to_bridge(bridge_id, media_channel)
+            pump = asyncio.ensure_future(relay(ws, peer, frame_bytes))
+            ended = asyncio.ensure_future(call.gone.wait())
+            try:
+                await asyncio.wait([pump, ended], timeout=action.limit,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                pump.cancel()
+                ended.cancel()
+        finally:
+            await asyncio.shield(_close_websocket(call, ws, media_channel, bridge_id))
+            if peer.transport is not None:
+                peer.transport.close()
+            gateway.unroute(f"channel:{media_channel}")
+            by = "platform" if call.gone.is_set() else "user"
+            events.send("completed",
+                        **ev.completed_extra(answered, answered, datetime.now(UTC), by))
+    return None
+
+
+def _local_port(peer: RtpPeer) -> int:
+    assert peer.transport is not None
+    return int(peer.transport.get_extra_info("sockname")[1])
+
+
+async def _close_websocket(call: CallSession, ws: aiohttp.ClientWebSocketResponse,
+                           media_channel: str, bridge_id: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close()
+    await call.gateway.hangup(media_channel)
+    if not call.gone.is_set():
+        await call.gateway.remove_from_bridge(bridge_id, call.channel_id)
+    with contextlib.suppress(AriError):
+        await call.gateway.destroy_bridge(bridge_id)

@@ -1,0 +1,57 @@
+"""The agents one call holds, kept alive while it lasts and released on every end path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from bridge.agents.store import AgentStore
+
+log = structlog.get_logger(__name__)
+
+
+class HeldAgents:
+    """Leases held by one owner (a call). ``refresh_forever`` runs beside the call and
+    extends every lease at a third of its length; ``release_all`` is called in a ``finally``.
+    If the bridge dies, the leases simply expire after ``lease_s``."""
+
+    def __init__(self, store: AgentStore, owner: str, lease_s: float) -> None:
+        self.store = store
+        self.owner = owner
+        self.lease_s = lease_s
+        self.agents: set[str] = set()
+
+    async def acquire(self, agent: str) -> bool:
+        if agent in self.agents:
+            return True
+        if await self.store.acquire(agent, self.owner, self.lease_s):
+            self.agents.add(agent)
+            return True
+        return False
+
+    async def hold(self, agent: str) -> None:
+        await self.store.hold(agent, self.owner, self.lease_s)
+        self.agents.add(agent)
+
+    async def release(self, agent: str) -> None:
+        if agent in self.agents:
+            self.agents.discard(agent)
+            try:
+                await self.store.release(agent, self.owner)
+            except Exception as exc:  # the lease expires by itself
+                log.warning("agents.release_failed", agent=agent, error=str(exc))
+
+    async def release_all(self) -> None:
+        for agent in list(self.agents):
+            await self.release(agent)
+
+    async def refresh_forever(self) -> None:
+        interval = max(self.lease_s / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            for agent in list(self.agents):
+                with contextlib.suppress(Exception):
+                    if not await self.store.refresh(agent, self.owner, self.lease_s):
+                        log.warning("agents.lease_lapsed", agent=agent, owner=self.owner)
