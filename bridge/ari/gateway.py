@@ -344,6 +344,14 @@ class AriGateway:
         return (str(variables.get("UNICASTRTP_LOCAL_ADDRESS", "127.0.0.1")),
                 int(variables.get("UNICASTRTP_LOCAL_PORT", 0)))
 
+    async def continue_in_dialplan(self, channel_id: str, context: str, extension: str = "s"
+                                   ) -> None:
+        """Send a channel to the dialplan (it may come back with a new StasisStart)."""
+        await self.request(
+            "POST", f"/channels/{channel_id}/continue",
+            {"context": context, "extension": extension, "priority": 1}, channel_id=channel_id,
+        )
+
     async def send_dtmf(self, channel_id: str, digits: str, between_ms: int = 100) -> None:
         """Send RFC 4733 digits; 'w' in ``digits`` is a 500 ms pause."""
         await self.request(

@@ -21,6 +21,8 @@ from typing import Any
 
 import structlog
 
+from bridge.agents import open_agent_store
+from bridge.agents.tracking import track_call
 from bridge.api.files import FileStore
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import AriGateway, Event, new_id
@@ -31,6 +33,7 @@ from bridge.calls.outbound import OutboundCall
 from bridge.calls.session import CallSession
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig, Config
+from bridge.connect.applet import ExotelConnect
 from bridge.dial.dialer import Dialer
 from bridge.media import MediaStore
 from bridge.media.asr import AsrProvider
@@ -72,6 +75,9 @@ class CallEngine:
             gateway, FileStore(config.recordings.path),
             retention_hours=config.recordings.retention_hours)
         self.asr: AsrProvider | None = None  # speech input; None = the embedded default
+        # Exotel Connect: agent busy leases and sticky agents (SQLite or Redis).
+        self.agents = open_agent_store(config.agents.backend, config.agents_path(),
+                                       config.agents.redis_url, config.agents.redis_prefix)
 
     # ------------------------------------------------------------------ helpers
     def application(self, app_id: str) -> ApplicationConfig:
@@ -121,7 +127,9 @@ class CallEngine:
             return
         to = args[1] if len(args) > 1 else str(channel.get("dialplan", {}).get("exten", ""))
         caller = args[2] if len(args) > 2 else str(channel.get("caller", {}).get("number", ""))
-        app = self.config.application_for_number(to)
+        applet = self.config.applet_for_number(to)
+        app = (self.config.application(applet.application) if applet is not None
+               else self.config.application_for_number(to))
         if app is None:
             self.calls_rejected += 1
             log.warning("call.no_application", to=to, channel_id=channel_id)
@@ -142,7 +150,9 @@ class CallEngine:
             position=0,
         )
         self.store.save(record)
-        self._start(CallSession(self, record))
+        # An applet number runs its Connect applet instead of fetching answer_url.
+        first: list[Any] | None = [ExotelConnect(number=to)] if applet is not None else None
+        self._start(CallSession(self, record, first))
 
     async def place_call(self, request: OutboundCall) -> CallSession:
         """Start an outbound call; returns at once (the session rings, then runs the NCCO)."""
@@ -178,6 +188,12 @@ class CallEngine:
         self.by_channel[session.channel_id] = session
         self.gateway.route(f"channel:{session.channel_id}", session.on_event)
         self._spawn(session.run())
+        if self.config.agents.track_all_calls:
+            # The remote party is busy for Connect applets while this call lasts.
+            party = (session.record.from_number if session.direction == "inbound"
+                     else session.record.to_number)
+            self._spawn(track_call(self.agents, party, f"call:{session.uuid}",
+                                   self.config.agents.lease_s, session.gone))
 
     def forget(self, session: CallSession) -> None:
         """Called by a session once it has ended."""
@@ -274,3 +290,4 @@ class CallEngine:
                 await task
         self.sessions.clear()
         self.by_channel.clear()
+        await self.agents.close()

@@ -272,7 +272,8 @@ class CallSession:
                 self.status("ringing")
                 # 180 Ringing goes out while the application is asked: neither waits.
                 ring = asyncio.ensure_future(self.gateway.ring(self.channel_id))
-                actions = await self._fetch_answer_ncco()
+                # Actions given at creation (an Exotel Connect applet) run instead.
+                actions = list(self.actions) if self.actions else await self._fetch_answer_ncco()
                 with contextlib.suppress(ChannelGone):
                     await ring
                 if actions is not None:

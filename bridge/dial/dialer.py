@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -57,6 +58,10 @@ class Leg:
     answered_at: float | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     in_stasis: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set while the leg is away in the dialplan (machine detection): leaving Stasis then is
+    #: not the end of the leg.
+    away: bool = False
+    amd_result: asyncio.Future[str] | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     on_status: Callable[[Leg, str], None] | None = None
     ring_timeout_s: float = 60.0
@@ -71,6 +76,10 @@ class Leg:
         kind = event.get("type")
         if kind == "StasisStart":
             self.in_stasis.set()
+            args = [str(a) for a in event.get("args", [])]
+            if args[:1] == ["amd"] and self.amd_result is not None and not self.amd_result.done():
+                self.away = False
+                self.amd_result.set_result(args[1] if len(args) > 1 else "NOTSURE")
         elif kind == "ChannelStateChange":
             state = event.get("channel", {}).get("state")
             if state == "Ringing" and not self.rang:
@@ -89,8 +98,8 @@ class Leg:
         elif kind in ("ChannelDestroyed", "ChannelHangupRequest", "StasisEnd"):
             if "cause" in event and self.cause is None:
                 self.cause = int(event["cause"])
-            if kind == "StasisEnd" and self.outcome is None:
-                return  # wait for the destroy, which carries the cause
+            if kind == "StasisEnd" and (self.outcome is None or self.away):
+                return  # wait for the destroy (which carries the cause), or for its return
             self._end()
         for extra in list(self._extra):
             extra(event)
@@ -210,10 +219,30 @@ class Dialer:
         self.gateway.unroute(f"channel:{leg.channel_id}")
 
 
+async def detect_machine(gateway: AriGateway, leg: Leg, timeout_s: float = 10.0) -> str:
+    """Run Asterisk's AMD() on an answered leg: 'MACHINE', 'HUMAN', 'NOTSURE' or 'HANGUP'."""
+    leg.amd_result = asyncio.get_running_loop().create_future()
+    leg.away = True
+    try:
+        await gateway.continue_in_dialplan(leg.channel_id, "ari-bridge-amd")
+        ended: asyncio.Future[Any] = asyncio.ensure_future(leg.ended.wait())
+        verdict: asyncio.Future[Any] = leg.amd_result
+        try:
+            await asyncio.wait([verdict, ended], timeout=timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if leg.amd_result.done():
+            return leg.amd_result.result()
+        return "HANGUP" if leg.ended.is_set() else "NOTSURE"
+    finally:
+        leg.away = False
+
+
 async def wait_ended(leg: Leg, timeout: float | None = None) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(leg.ended.wait(), timeout)
     return leg.ended.is_set()
 
 
-__all__ = ["DialTarget", "Dialer", "Leg", "LegOutcome", "NoRoute", "wait_ended"]
+__all__ = ["DialTarget", "Dialer", "Leg", "LegOutcome", "NoRoute", "detect_machine", "wait_ended"]

@@ -160,3 +160,30 @@ async def test_sip_endpoint_dials_the_uri_with_headers(agents_bridge, webhooks, 
         assert call.sip.ok, call.sip.errors
         assert agent.invites() == 1
         assert "X-Customer: 42" in agent.messages
+
+
+@pytest.mark.parametrize(("greeting", "verdict"), [
+    ([*tone_samples(4, 440)], "machine"),  # a long recorded greeting
+    ([*tone_samples(0.4, 440), *[0] * 16000], "human"),  # "hello?" then silence
+])
+async def test_machine_detection_reports_machine_or_human(agents_bridge, webhooks, dial,
+                                                          tmp_path, greeting, verdict):
+    pcap = write_rtp_pcap(tmp_path / "greeting.pcap", greeting)
+    async with Agent(200, hangup_after_ms=6000, audio=pcap) as agent:
+        await agents_bridge({"44": agent.port})
+        number = new_number()
+        callee = "44" + new_number()
+        webhooks.answer(number, [
+            {"action": "connect", "machineDetection": "hangup",
+             "endpoint": [{"type": "phone", "number": callee}]},
+            {"action": "talk", "text": "After the connect."},
+        ])
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(number)
+        leg = [e.json["status"] for e in webhooks.of("/event") if e.json.get("to") == callee]
+        assert leg[:3] == ["started", "ringing", "answered"]
+        assert verdict in leg
+        assert ("machine" if verdict == "human" else "human") not in leg

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from bridge.connect import applet as exotel_connect
 from bridge.ncco.actions import (
     connect,
     conversation,
@@ -27,6 +28,8 @@ RUNNERS: dict[str, Callable[[Any, Any], Coroutine[Any, Any, list[Action] | None]
     "connect": connect.run,
     "record": record.run,
     "conversation": conversation.run,
+    # Internal: an inbound number's Exotel Connect applet (never accepted in an NCCO).
+    "exotel_connect": exotel_connect.run,
 }
 _CHECKS: dict[str, Callable[[Any, int], None]] = {
     "talk": talk.check,

@@ -24,7 +24,7 @@ import structlog
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
 from bridge.calls import events as ev
-from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
 from bridge.dial.outcome import LegOutcome
 from bridge.media.websocket_relay import (
     ASTERISK_FORMAT,
@@ -55,8 +55,8 @@ def check(action: Connect, index: int) -> None:
             f"connect to a {endpoint.type!r} endpoint is not supported by this version of "
             "ari-bridge", f"[{index}].endpoint[0].type",
         )
-    if action.machine_detection is not None:
-        raise NccoError("machineDetection is not supported by this version of ari-bridge",
+    if action.machine_detection is not None and isinstance(endpoint, WebsocketEndpoint):
+        raise NccoError("machineDetection applies to phone and sip endpoints",
                         f"[{index}].machineDetection")
 
 
@@ -173,6 +173,17 @@ async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEve
     bridge_id = new_id()
     answered = datetime.now(UTC)
     try:
+        if action.machine_detection is not None:
+            verdict = await detect_machine(gateway, leg)
+            log.info("connect.machine_detection", verdict=verdict)
+            if verdict == "MACHINE":
+                events.send("machine")
+                if action.machine_detection == "hangup":
+                    return  # the finally hangs the leg up; the NCCO goes on
+            elif verdict in ("HUMAN", "NOTSURE"):
+                events.send("human")
+            if leg.ended.is_set():
+                return
         await call.ensure_answered()
         endpoint = action.endpoint[0]
         if isinstance(endpoint, PhoneEndpoint) and endpoint.dtmf_answer:

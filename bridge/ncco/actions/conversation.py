@@ -14,6 +14,7 @@ A room recording (``record: true``) sends a ``record`` event there too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from bridge.ari.errors import AriError
@@ -23,6 +24,9 @@ from bridge.ncco.models import Action, Conversation
 
 if TYPE_CHECKING:
     from bridge.calls.session import CallSession
+
+#: Seconds a member of a room ended by endOnExit waits for its own hangup.
+HANGUP_WAIT_S = 5.0
 
 
 async def run(call: CallSession, action: Conversation) -> list[Action] | None:
@@ -49,6 +53,11 @@ async def run(call: CallSession, action: Conversation) -> list[Action] | None:
     waits = [asyncio.ensure_future(call.gone.wait()), asyncio.ensure_future(room.ended.wait())]
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if room.ended.is_set() and not call.gone.is_set():
+            # Ended by a member's endOnExit: this call is being hung up; do not start the
+            # next action meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.gone.wait(), HANGUP_WAIT_S)
     finally:
         for w in waits:
             w.cancel()

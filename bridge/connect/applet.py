@@ -1,0 +1,593 @@
+"""The Connect applet, run inside the caller's CallSession as an internal action.
+
+1. Ask the Primary URL (GET, Exotel's query parameters); on the dialect's failure rules ask the
+   Fallback URL; if both fail, "nobody was dialled".
+2. Dial the destinations in order through the one Dialer: one per attempt (sequential), or up
+   to ``max_parallel_attempts`` together (first answer wins, the others are cancelled at once).
+   Agents under state management are leased atomically in the agent store and skipped while
+   busy (each skip is logged and reported to the application's event_url with its reason).
+3. With ``fetch_after_attempt`` the URL is asked again after every unanswered attempt, with
+   ``DialCallStatus``; two answers in a row with the same set of destinations end the dialling.
+   In the Dial whom dialect each unique number is attempted once.
+4. The first agent who answers hears ``start_call_playback``, then is bridged to the caller
+   for at most ``max_conversation_duration``.
+5. The applet returns the NCCO of its transition: after the conversation, nobody answered, or
+   nobody was dialled (which falls back to nobody answered when unset), or hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import structlog
+from pydantic import BaseModel
+
+from bridge.agents.leases import HeldAgents
+from bridge.agents.store import agent_key
+from bridge.ari.errors import AriError
+from bridge.ari.gateway import new_id
+from bridge.calls import events as ev
+from bridge.config import AppletTransition, ConnectAppletConfig
+from bridge.connect.params import (
+    EXOTEL_VERSION,
+    AppletParams,
+    contact_kind,
+    parse_dial_whom,
+    parse_json,
+    request_params,
+)
+from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.dial.outcome import LegOutcome
+from bridge.media.errors import MediaError
+from bridge.media.voices import resolve_voice
+from bridge.ncco.models import Action, NccoError, parse_ncco_bytes
+from bridge.webhooks import EventOutbox, ParseError, Timeouts, WebhookRequest, WebhookResponse
+
+if TYPE_CHECKING:
+    from bridge.calls.session import CallSession
+
+log = structlog.get_logger(__name__)
+
+Outcome = Literal["after_conversation", "nobody_answered", "nobody_dialled"]
+#: Upper bound on URL requests per call (fetch_after_attempt loops end well before).
+MAX_FETCHES = 50
+#: Upper bound on dial attempts per call.
+MAX_ATTEMPTS = 200
+#: Seconds allowed beyond a playback's length.
+PLAYBACK_MARGIN_S = 10.0
+
+
+class ExotelConnect(BaseModel):
+    """Internal action: the applet configured for inbound ``number``. Never in an NCCO."""
+
+    action: Literal["exotel_connect"] = "exotel_connect"
+    number: str
+    NEEDS_MEDIA: ClassVar[bool] = False
+
+
+def _playback_finished(playback_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: (e.get("type") == "PlaybackFinished"
+                      and e.get("playback", {}).get("id") == playback_id)
+
+
+def dial_call_status(outcomes: list[LegOutcome]) -> str:
+    """Exotel's DialCallStatus for one unanswered attempt (several legs when parallel)."""
+    if LegOutcome.ANSWERED in outcomes:
+        return "completed"
+    if any(o in (LegOutcome.TIMEOUT, LegOutcome.UNANSWERED) for o in outcomes):
+        return "no-answer"
+    if any(o in (LegOutcome.BUSY, LegOutcome.REJECTED) for o in outcomes):
+        return "busy"
+    if outcomes and all(o is LegOutcome.CANCELLED for o in outcomes):
+        return "canceled"
+    return "failed"
+
+
+@dataclass
+class Candidate:
+    contact: str
+    key: str
+    kind: Literal["phone", "sip"]
+    endpoint: str
+
+
+async def run(call: CallSession, action: ExotelConnect) -> list[Action] | None:
+    applet = call.engine.config.applet_for_number(action.number)
+    if applet is None:
+        call.error(f"no Connect applet is configured for {action.number}")
+        return None
+    runner = AppletRun(call, applet)
+    outcome = await runner.execute()
+    return await runner.transition(outcome)
+
+
+class AppletRun:
+    def __init__(self, call: CallSession, applet: ConnectAppletConfig) -> None:
+        self.call = call
+        self.applet = applet
+        self.engine = call.engine
+        self.store = call.engine.agents
+        self.lease_s = call.engine.config.agents.lease_s
+        self.held = HeldAgents(self.store, f"applet:{call.uuid}", self.lease_s)
+        self.call_sid = call.uuid.replace("-", "")
+        self.caller = call.record.from_number
+        self.called = call.record.to_number
+        self.created = call.started
+        self.digits: str | None = None
+        self.fetches = 0
+        self.attempts = 0
+        self.dialled_any = False
+        self.last_status: str | None = None
+        self.last_dialled = ""
+        self.dial_call_duration = 0
+        self.call_type = "call-attempt"
+        self.skips: list[tuple[str, str]] = []  # (contact, reason)
+        self.passthru: EventOutbox | None = None
+        self._hold_playback: str | None = None
+        self._hold_moh = False
+        self._hold_task: asyncio.Task[None] | None = None
+        self.log = call.log.bind(applet=call.record.to_number)
+
+    # ------------------------------------------------------------------ the flow
+    async def execute(self) -> Outcome:
+        refresher = self.call.spawn(self.held.refresh_forever(), "agent-leases")
+        try:
+            return await self._flow()
+        finally:
+            refresher.cancel()
+            await asyncio.shield(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        await self._stop_hold()
+        await self.held.release_all()
+        if self.passthru is not None:
+            await self.passthru.drain(5.0)
+
+    async def _flow(self) -> Outcome:
+        # Keys the caller pressed before the applet (Exotel passes them once, quoted).
+        if self.call.dtmf.digits:
+            self.digits = "".join(self.call.dtmf.digits)
+            self.call.dtmf.digits.clear()
+        params = await self.fetch()
+        if params is None:
+            return "nobody_dialled"
+        attempted: set[str] = set()
+        refetch = (params.fetch_after_attempt if self.applet.dialect == "1.1"
+                   else self.applet.fetch_after_attempt)
+        while not self.call.gone.is_set():
+            answered, tried = await self._dial_list(params, attempted, refetch)
+            if answered:
+                return "after_conversation"
+            if not refetch or not tried or self.call.gone.is_set():
+                break
+            previous = params
+            fetched = await self.fetch()
+            if fetched is None:
+                break
+            params = fetched
+            if self.applet.dialect == "1.1":
+                if set(params.destinations) == set(previous.destinations):
+                    self.log.info("connect.same_destinations_stop")
+                    break
+            else:
+                fresh = {agent_key(n) for n in params.destinations} - attempted
+                if not fresh:
+                    self.log.info("connect.all_numbers_attempted")
+                    break
+        return "nobody_answered" if self.dialled_any else "nobody_dialled"
+
+    async def _dial_list(self, params: AppletParams, attempted: set[str],
+                         refetch: bool) -> tuple[bool, bool]:
+        """Dial ``params``' destinations. Returns (answered, an attempt was made). With
+        ``refetch`` it stops after the first attempt that really dialled someone."""
+        contacts = list(dict.fromkeys(params.destinations))  # in order, each once
+        if self.applet.dialect == "dial_whom":
+            contacts = [c for c in contacts if agent_key(c) not in attempted]
+        first: list[str] = []
+        if params.sticky_agent:
+            sticky = await self.store.sticky(agent_key(self.caller))
+            match = next((c for c in contacts if agent_key(c) == sticky), None)
+            if match is not None:
+                self.log.info("connect.sticky_agent", agent=match)
+                contacts.remove(match)
+                first = [match]
+        size = params.max_parallel_attempts if params.parallel else 1
+        groups = ([first] if first else []) + [contacts[i:i + size]
+                                               for i in range(0, len(contacts), size)]
+        tried = False
+        for group in groups:
+            if self.call.gone.is_set() or self.attempts >= MAX_ATTEMPTS:
+                break
+            result = await self.attempt(group, params)
+            attempted.update(agent_key(c) for c in group)
+            if result == "answered":
+                return True, True
+            if result == "dialled":
+                tried = True
+                if refetch:
+                    break
+        return False, tried
+
+    # ------------------------------------------------------------------- request
+    def _params(self) -> dict[str, str]:
+        status = "in-progress" if self.call.answered is not None else "ringing"
+        params = request_params(
+            call_sid=self.call_sid, caller=self.caller, called=self.called, status=status,
+            created=self.created, now=datetime.now(UTC),
+            dial_call_duration=self.dial_call_duration, call_type=self.call_type,
+            dial_whom_number=self.last_dialled,
+            dial_call_status=self.last_status if self.fetches > 0 else None,
+            digits=self.digits if self.fetches == 0 else None,
+            custom_field=None, recording_url=None,
+        )
+        return params
+
+    async def fetch(self) -> AppletParams | None:
+        """Ask the Primary URL, then the Fallback URL; None when neither gave parameters."""
+        if self.fetches >= MAX_FETCHES:
+            return None
+        data = self._params()
+        self.fetches += 1
+        params, reason = await self._ask(self.applet.primary_url, data)
+        if params is not None:
+            return params
+        self.log.warning("connect.primary_failed", reason=reason)
+        if self.applet.fallback_url is None:
+            self.call.error(f"connect applet: primary URL failed ({reason}); no fallback URL")
+            return None
+        params, fb_reason = await self._ask(self.applet.fallback_url, data)
+        if params is not None:
+            self.call.error(f"connect applet: primary URL failed ({reason}); used fallback URL")
+            return params
+        self.call.error(f"connect applet: primary URL failed ({reason}); "
+                        f"fallback URL failed ({fb_reason})")
+        return None
+
+    async def _ask(self, url: str, data: dict[str, str]) -> tuple[AppletParams | None, str]:
+        limit = self.applet.timeout_s
+        json_dialect = self.applet.dialect == "1.1"
+        headers = {"exotel-version": EXOTEL_VERSION} if json_dialect else None
+        request = WebhookRequest(url=url, method="GET", data=data, headers=headers)
+        timeouts = Timeouts(connect_ms=int(min(1.0, limit) * 1000), read_ms=int(limit * 1000))
+        try:
+            async with asyncio.timeout(limit):
+                response = await self.engine.webhooks.send(request, timeouts)
+        except TimeoutError:
+            return None, f"no answer within {limit:g} s"
+        if response.status != 200 or response.error is not None:
+            return None, response.error or f"http {response.status}"
+        try:
+            if json_dialect:
+                params = parse_json(response)
+                await self._check_media(params)
+            else:
+                params = parse_dial_whom(response)
+                if params.invalid:
+                    self.log.warning("connect.invalid_numbers", numbers=params.invalid)
+        except (ParseError, ValueError) as exc:
+            return None, f"invalid response: {exc}"
+        return params, ""
+
+    async def _check_media(self, params: AppletParams) -> None:
+        """audio_url must be http(s) and answer 200 with audio: fetched (and cached) now."""
+        for url in (params.playback_value if params.playback_type == "audio_url" else None,
+                    params.moh_url):
+            if url is None:
+                continue
+            try:
+                await self.call.media.fetch(url)
+            except MediaError as exc:
+                raise ParseError(f"audio {url}: {exc}") from None
+
+    # -------------------------------------------------------------------- dialling
+    async def _candidate(self, contact: str, params: AppletParams) -> Candidate | str:
+        """A dialable agent, or the reason it is skipped."""
+        kind = contact_kind(contact)
+        if kind is None:
+            return "invalid format"
+        key = agent_key(contact)
+        dialer = self.engine.dialer
+        if kind == "phone":
+            try:
+                endpoint = dialer.phone_endpoint(contact)
+            except NoRoute:
+                return "no outbound route"
+        elif "@" in contact:
+            endpoint = dialer.sip_endpoint(contact)
+        else:
+            # A device registered to this Asterisk: sip:<endpoint name>.
+            name = contact[4:]
+            try:
+                state = await self.engine.gateway.endpoint_state("PJSIP", name)
+            except AriError as exc:
+                return f"device state unknown ({exc.details})"
+            if state is None:
+                return "no such device"
+            if str(state.get("state", "")).lower() != "online":
+                return "device off (not registered)"
+            if state.get("channel_ids"):
+                return "device in use"
+            endpoint = f"PJSIP/{name}"
+        # SIP URIs are always state-managed, as on Exotel.
+        managed = params.state_management or kind == "sip"
+        if managed:
+            if not await self.held.acquire(key):
+                return "busy"
+        else:
+            await self.held.hold(key)
+        return Candidate(contact, key, kind, endpoint)
+
+    def _skip(self, contact: str, reason: str) -> None:
+        self.skips.append((contact, reason))
+        self.log.info("connect.agent_skipped", agent=contact, reason=reason)
+        app = self.call.app
+        if app.event_url is not None:
+            self.call.outbox.post(app.event_url, app.event_method, {
+                "uuid": self.call.uuid, "conversation_uuid": self.call.conversation_uuid,
+                "status": "agent_skipped", "agent": contact, "reason": reason,
+                "direction": "inbound", "from": self.caller, "to": self.called,
+                "timestamp": ev.timestamp(),
+            })
+
+    def caller_id(self, params: AppletParams) -> str:
+        """outgoing_phone_number when it is one of the operator's numbers, else the number
+        the call came in on (Exotel's rule)."""
+        number = params.outgoing_phone_number
+        if number:
+            config = self.engine.config
+            mine = {agent_key(n) for n in (*config.numbers, *config.connect_applets,
+                                           *config.agents.caller_ids) if n != "*"}
+            if agent_key(number) in mine:
+                return number
+            self.log.info("connect.caller_id_not_ours", outgoing_phone_number=number)
+        return self.called
+
+    async def attempt(self, group: list[str],
+                      params: AppletParams) -> Literal["answered", "dialled", "nobody"]:
+        candidates: list[Candidate] = []
+        for contact in group:
+            found = await self._candidate(contact, params)
+            if isinstance(found, str):
+                self._skip(contact, found)
+            else:
+                candidates.append(found)
+        if not candidates or self.call.gone.is_set():
+            for cand in candidates:
+                await self.held.release(cand.key)
+            return "nobody"
+        self.attempts += 1
+        self.dialled_any = True
+        if params.passthru_url and self.passthru is None:
+            self.passthru = EventOutbox(self.engine.webhooks,
+                                        self.engine.timeouts(self.call.app, event=True), None)
+        await self.call.ensure_answered()
+        await self._start_hold(params)
+        caller_id = self.caller_id(params)
+        by_leg: dict[str, Candidate] = {}
+        targets = []
+        for cand in candidates:
+            leg_uuid = str(uuidlib.uuid4())
+            by_leg[leg_uuid] = cand
+            targets.append(DialTarget(leg_uuid, cand.endpoint, cand.contact, caller_id))
+            self._passthru(params, "dial", cand.contact)
+
+        def on_status(leg: Leg, status: str) -> None:
+            if status in ("ringing", "answered"):
+                self._passthru(params, status, leg.target.to)
+
+        ring_s = params.max_ringing_s or self.applet.ring_timeout_s
+        started = time.monotonic()
+        winner, legs = await self.engine.dialer.dial(targets, ring_s, on_status,
+                                                     caller_channel=self.call.channel_id)
+        self.last_dialled = candidates[-1].contact if winner is None else winner.target.to
+        for leg in legs:
+            if leg is winner:
+                continue
+            self.engine.dialer.release(leg)
+            self._passthru(params, "terminal", leg.target.to)
+            await self.held.release(by_leg[leg.uuid].key)
+        if winner is None:
+            self.last_status = dial_call_status([leg.outcome or LegOutcome.FAILED
+                                                 for leg in legs])
+            self.dial_call_duration = int(time.monotonic() - started)
+            self.call_type = "incomplete"
+            self.log.info("connect.attempt_failed", status=self.last_status,
+                          agents=[c.contact for c in candidates])
+            return "dialled"
+        cand = by_leg[winner.uuid]
+        try:
+            await self._converse(winner, cand, params)
+        finally:
+            self._passthru(params, "terminal", cand.contact)
+            self.dial_call_duration = int(time.monotonic() - started)
+            await self.held.release(cand.key)
+        self.last_status = "completed"
+        self.call_type = "completed"
+        return "answered"
+
+    def _passthru(self, params: AppletParams, event_type: str, agent: str) -> None:
+        if params.passthru_url is None or self.passthru is None:
+            return
+        now = datetime.now(UTC).astimezone()
+        self.passthru.post(params.passthru_url, "POST", {
+            "event_details": {"event_type": event_type},
+            "call_details": {
+                "call_sid": self.call_sid,
+                "direction": "incoming",
+                "from": self.caller,
+                "to": agent,
+                "virtual_number": self.called,
+                "created_time": self.created.astimezone().isoformat(timespec="seconds"),
+                "current_time": now.isoformat(timespec="seconds"),
+                "status": "free" if event_type == "terminal" else "busy",
+            },
+        })
+
+    # ---------------------------------------------------------------- hold music
+    async def _start_hold(self, params: AppletParams) -> None:
+        """What the caller hears while agents ring (kept across attempts)."""
+        if self._hold_moh or self._hold_playback or self._hold_task:
+            return
+        gateway = self.call.gateway
+        try:
+            if params.moh_type == "default_tone":
+                await gateway.start_moh(self.call.channel_id, "default")
+                self._hold_moh = True
+            elif params.moh_type == "custom_tone" and params.moh_url:
+                item = await self.call.media.fetch(params.moh_url)
+                uri = f"sound:{self.engine.public_url()}/media/{item.media_id}.wav"
+                self._hold_task = asyncio.ensure_future(self._loop_media(uri, item.duration_s))
+            else:
+                # operator_tone, or nothing asked: the ringback an operator plays.
+                self._hold_playback = new_id()
+                await gateway.play(self.call.channel_id, ["tone:ring"], self._hold_playback)
+        except (AriError, MediaError) as exc:
+            self.log.warning("connect.hold_failed", error=str(exc))
+
+    async def _loop_media(self, uri: str, duration_s: float) -> None:
+        copies = max(1, int(120 / max(duration_s, 0.5)))
+        while not self.call.gone.is_set():
+            playback_id = new_id()
+            self._hold_playback = playback_id
+            finished = self.call.expect(_playback_finished(playback_id))
+            try:
+                await self.call.gateway.play(self.call.channel_id, [uri] * copies, playback_id)
+                await finished.wait(duration_s * copies + PLAYBACK_MARGIN_S)
+            finally:
+                self.call.forget(finished)
+
+    async def _stop_hold(self) -> None:
+        gateway = self.call.gateway
+        task, self._hold_task = self._hold_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        playback, self._hold_playback = self._hold_playback, None
+        if playback is not None:
+            with contextlib.suppress(AriError):
+                await gateway.stop_playback(playback)
+        if self._hold_moh:
+            self._hold_moh = False
+            await gateway.stop_moh(self.call.channel_id)
+
+    # --------------------------------------------------------------- conversation
+    async def _play_to_agent(self, leg: Leg, params: AppletParams) -> None:
+        """start_call_playback: heard by the agent before the caller is joined."""
+        media = self.call.media
+        try:
+            if params.playback_type == "text":
+                item = await media.tts(params.playback_value or "",
+                                       resolve_voice(None, None, None))
+            else:
+                item = await media.fetch(params.playback_value or "")
+        except MediaError as exc:
+            self.call.error(f"connect applet: start_call_playback failed: {exc}")
+            return
+        playback_id = new_id()
+        done = asyncio.Event()
+
+        def on_event(event: dict[str, Any]) -> None:
+            if (event.get("type") == "PlaybackFinished"
+                    and event.get("playback", {}).get("id") == playback_id):
+                done.set()
+
+        leg._extra.append(on_event)
+        try:
+            uri = f"sound:{self.engine.public_url()}/media/{item.media_id}.wav"
+            await self.call.gateway.play(leg.channel_id, [uri], playback_id)
+            waits = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(leg.ended.wait()),
+                     asyncio.ensure_future(self.call.gone.wait())]
+            try:
+                await asyncio.wait(waits, timeout=item.duration_s + PLAYBACK_MARGIN_S,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        except AriError as exc:
+            self.log.warning("connect.playback_failed", error=str(exc))
+        finally:
+            leg._extra.remove(on_event)
+
+    async def _converse(self, leg: Leg, cand: Candidate, params: AppletParams) -> None:
+        """Join caller and agent until one hangs up or max_conversation_duration."""
+        gateway = self.call.gateway
+        bridge_id = new_id()
+        if params.sticky_agent:
+            await self.store.set_sticky(agent_key(self.caller), cand.key,
+                                        self.engine.config.agents.sticky_ttl_s)
+        try:
+            if params.playback_type is not None:
+                await self._play_to_agent(leg, params)
+            await self._stop_hold()
+            if leg.ended.is_set() or self.call.gone.is_set():
+                return
+            await gateway.create_bridge(bridge_id, "mixing", f"exotel-{self.call.uuid}")
+            await gateway.add_to_bridge(bridge_id, self.call.channel_id)
+            await gateway.add_to_bridge(bridge_id, leg.channel_id)
+            self.log.info("connect.bridged", agent=cand.contact)
+            waits = [asyncio.ensure_future(leg.ended.wait()),
+                     asyncio.ensure_future(self.call.gone.wait())]
+            try:
+                done, _ = await asyncio.wait(waits, timeout=params.max_conversation_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if not done:
+                self.log.info("connect.max_conversation_reached",
+                              limit_s=params.max_conversation_s)
+        finally:
+            await asyncio.shield(self._tear_down(leg, bridge_id))
+            self.engine.dialer.release(leg)
+
+    async def _tear_down(self, leg: Leg, bridge_id: str) -> None:
+        gateway = self.call.gateway
+        if not leg.ended.is_set():
+            await gateway.hangup(leg.channel_id)
+        if not self.call.gone.is_set():
+            await gateway.remove_from_bridge(bridge_id, self.call.channel_id)
+        with contextlib.suppress(AriError):
+            await gateway.destroy_bridge(bridge_id)
+
+    # ----------------------------------------------------------------- transitions
+    async def transition(self, outcome: Outcome) -> list[Action] | None:
+        """The NCCO of the transition taken, or None (hang up)."""
+        if self.call.gone.is_set():
+            return None
+        chosen: AppletTransition | None = getattr(self.applet, outcome)
+        if outcome == "nobody_dialled" and chosen is None:
+            chosen = self.applet.nobody_answered
+        self.log.info("connect.transition", outcome=outcome,
+                      skipped=[f"{c}: {r}" for c, r in self.skips])
+        if chosen is None or (chosen.ncco is None and chosen.url is None):
+            return None
+        try:
+            if chosen.ncco is not None:
+                return self.engine.parse(chosen.ncco)
+            assert chosen.url is not None
+            data = self._params()
+            data["Outcome"] = outcome
+            response = await self.engine.webhooks.send(
+                WebhookRequest(url=chosen.url, method="GET", data=data),
+                self.engine.timeouts(self.call.app, event=False))
+            return self._transition_ncco(response)
+        except NccoError as exc:
+            self.call.error(f"connect applet: {outcome} transition: invalid NCCO: {exc}")
+        except ParseError as exc:
+            self.call.error(f"connect applet: {outcome} transition: {exc}")
+        return None
+
+    def _transition_ncco(self, response: WebhookResponse) -> list[Action]:
+        if not response.ok:
+            raise ParseError(f"{response.error or response.status}")
+        actions = parse_ncco_bytes(response.body)
+        self.engine.check_runnable(actions)
+        return actions
