@@ -232,7 +232,7 @@ class RestApi:
         try:
             if body.action == "hangup":
                 session.log.info("api.hangup")
-                await gateway.hangup(channel)
+                await session.hang_up()
             elif body.action in ("mute", "earmuff"):
                 await gateway.mute(channel, "in" if body.action == "mute" else "out")
             elif body.action in ("unmute", "unearmuff"):

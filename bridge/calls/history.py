@@ -90,7 +90,7 @@ def snapshot(session: CallSession, ended: datetime | None = None) -> CallEntry:
     extra = ev.completed_extra(session.started, session.answered, ended, session.disconnected_by)
     return CallEntry(
         uuid=session.uuid, conversation_uuid=session.conversation_uuid,
-        application_id=record.application_id, status="completed",
+        application_id=record.application_id, status=session.final_status,
         direction=record.direction, from_=endpoint(record.from_number),
         to=endpoint(record.to_number), started=session.started,
         start_time=extra["start_time"], end_time=extra["end_time"], duration=extra["duration"],

@@ -126,6 +126,8 @@ class CallSession:
         self.gone = asyncio.Event()
         self.hangup_cause: str | None = None
         self.disconnected_by = "platform"
+        self.final_status = "completed"  # or the failure an outbound call ended with
+        self._hanging_up = False
         self._waiters: list[Waiter] = []
         self._current: asyncio.Task[list[Action] | None] | None = None
         self._pending_ncco: list[Action] | None = None
@@ -153,7 +155,7 @@ class CallSession:
     def _mark_gone(self, event: Event) -> None:
         if self.gone.is_set():
             return
-        if self.state is not CallState.ENDING:  # we did not hang up, so the far end did
+        if self.state is not CallState.ENDING and not self._hanging_up:  # the far end did it
             self.disconnected_by = "user"
         cause = event.get("cause_txt") or event.get("cause")
         self.hangup_cause = str(cause) if cause is not None else None
@@ -218,6 +220,11 @@ class CallSession:
         self.answered = datetime.now(UTC)
         self.engine.store.mark_answered(self.uuid, ev.timestamp(self.answered))
         self.status("answered")
+
+    async def hang_up(self) -> None:
+        """End the call from our side (a REST hangup): ``disconnected_by`` is the platform."""
+        self._hanging_up = True
+        await self.gateway.hangup(self.channel_id)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run an asynchronous action part (barge-in prompt, recording) beside the NCCO.
@@ -315,6 +322,7 @@ class CallSession:
         dialer = self.engine.dialer
         if not isinstance(request.to, PhoneEndpoint | SipEndpoint):
             self.error(f"calls to a {request.to.type!r} endpoint are not supported yet")
+            self.final_status = "failed"
             self.status("failed")
             return None
         try:
@@ -323,6 +331,7 @@ class CallSession:
                         else dialer.sip_endpoint(request.to.uri))
         except NoRoute as exc:
             self.error(str(exc))
+            self.final_status = "failed"
             self.status("failed")
             return None
         target = DialTarget(self.uuid, endpoint, request.to_address, request.from_number,
@@ -336,7 +345,8 @@ class CallSession:
         if winner is None:
             dialer.release(legs[0])
             outcome = legs[0].outcome
-            self.status(outcome.value if outcome is not None else "failed")
+            self.final_status = outcome.value if outcome is not None else "failed"
+            self.status(self.final_status)
             self.gone.set()  # nothing to hang up: the leg never came up
             return None
         # From now on the answered channel's events are the session's.
