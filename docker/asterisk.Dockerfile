@@ -15,8 +15,11 @@ RUN rm -rf /etc/asterisk && mkdir -p /etc/asterisk /usr/local/share/ari-bridge
 COPY asterisk-config/ /usr/local/share/ari-bridge/asterisk-config/
 COPY asterisk-config/ /etc/asterisk/
 COPY docker/asterisk-entrypoint.sh /usr/local/bin/asterisk-entrypoint
+# ARI recordings (record, speech input) are written to spool/recording, which the package
+# does not create.
 RUN chmod 0755 /usr/local/bin/asterisk-entrypoint \
- && chown -R asterisk:asterisk /etc/asterisk
+ && mkdir -p /var/spool/asterisk/recording \
+ && chown -R asterisk:asterisk /etc/asterisk /var/spool/asterisk/recording
 
 # /etc/hosts: Docker writes one naming localhost and the container's host
 # name (with network_mode: host, the host's own), which Asterisk needs to
