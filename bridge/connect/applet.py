@@ -375,7 +375,9 @@ class AppletRun:
         for cand in candidates:
             leg_uuid = str(uuidlib.uuid4())
             by_leg[leg_uuid] = cand
-            targets.append(DialTarget(leg_uuid, cand.endpoint, cand.contact, caller_id))
+            # X-Exotel-CallSid lets the agent's phone or CRM match the leg to the call.
+            targets.append(DialTarget(leg_uuid, cand.endpoint, cand.contact, caller_id,
+                                      {"X-Exotel-CallSid": self.call_sid}))
             self._passthru(params, "dial", cand.contact)
 
         def on_status(leg: Leg, status: str) -> None:
@@ -384,8 +386,9 @@ class AppletRun:
 
         ring_s = params.max_ringing_s or self.applet.ring_timeout_s
         started = time.monotonic()
-        winner, legs = await self.engine.dialer.dial(targets, ring_s, on_status,
-                                                     caller_channel=self.call.channel_id)
+        # No caller channel: Asterisk would copy the caller's identity over the caller ID
+        # chosen above (outgoing_phone_number or the number the call came in on).
+        winner, legs = await self.engine.dialer.dial(targets, ring_s, on_status)
         self.last_dialled = candidates[-1].contact if winner is None else winner.target.to
         for leg in legs:
             if leg is winner:
@@ -452,14 +455,21 @@ class AppletRun:
             self.log.warning("connect.hold_failed", error=str(exc))
 
     async def _loop_media(self, uri: str, duration_s: float) -> None:
-        copies = max(1, int(120 / max(duration_s, 0.5)))
+        # A few copies per request: the media list travels in the query string.
+        copies = 5
         while not self.call.gone.is_set():
             playback_id = new_id()
             self._hold_playback = playback_id
             finished = self.call.expect(_playback_finished(playback_id))
             try:
                 await self.call.gateway.play(self.call.channel_id, [uri] * copies, playback_id)
-                await finished.wait(duration_s * copies + PLAYBACK_MARGIN_S)
+                _, event = await finished.wait(duration_s * copies + PLAYBACK_MARGIN_S)
+                if (event or {}).get("playback", {}).get("state") == "failed":
+                    self.log.warning("connect.hold_music_failed", uri=uri)
+                    return
+            except AriError as exc:
+                self.log.warning("connect.hold_music_failed", error=str(exc))
+                return
             finally:
                 self.call.forget(finished)
 

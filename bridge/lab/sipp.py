@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import re
 import shutil
 import socket
@@ -28,6 +29,26 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: sipp's media ports come from here: below the kernel's ephemeral range (32768-60999), where
+#: sockets bound to port 0 (ours, Asterisk's) can never take them between check and use.
+MEDIA_PORTS = range(21000, 29998, 4)
+
+
+def free_media_port() -> int:
+    """An even port P with P and P+2 free (sipp binds both for its pcap audio)."""
+    for _ in range(200):
+        port = random.choice(MEDIA_PORTS)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 2))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free media port for sipp")
 
 
 # ------------------------------------------------------------------------- scenario steps
@@ -288,7 +309,7 @@ async def place_call(
     with tempfile.TemporaryDirectory(prefix="ari-bridge-sipp-") as tmp:
         workdir = Path(tmp)
         (workdir / "caller.xml").write_text(scenario)
-        media_port = free_port()
+        media_port = free_media_port()
         args = [
             sipp_binary(), f"{sip_host}:{sip_port}",
             "-sf", "caller.xml", "-s", number, "-m", "1", "-l", "1",
@@ -498,7 +519,7 @@ class Agent:
         (workdir / "agent.xml").write_text(
             uas_scenario(self.status, self.receiver.port, self.ring_ms, self.hangup_after_ms,
                          self.audio))
-        media_port = free_port()
+        media_port = free_media_port()
         self._proc = await asyncio.create_subprocess_exec(
             sipp_binary(), "-sf", "agent.xml", "-i", "127.0.0.1", "-p", str(self.port),
             "-mp", str(media_port), "-nostdin", "-trace_msg", "-message_file", "messages.log",

@@ -47,7 +47,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
     opts = LabOptions(
         state_dir=tmp_path_factory.mktemp("lab"),
         ari_port=free_port(), sip_port=free_port(),
-        rtp_start=40000 + (rtp % 10000), rtp_end=40000 + (rtp % 10000) + 400,
+        # Below the ephemeral range (and away from sipp's media ports), so the RTP ports
+        # Asterisk picks never collide with sockets bound to port 0.
+        rtp_start=12000 + (rtp % 7000), rtp_end=12000 + (rtp % 7000) + 600,
     )
     info = lab_up(opts)
     yield info

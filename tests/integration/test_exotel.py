@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,14 +63,18 @@ class AppletApp:
 
 
 @pytest.fixture(scope="module")
-async def applet_app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AppletApp]:
-    state = AppletApp()
-    folder = tmp_path_factory.mktemp("applet-audio")
-    import subprocess
-    wav = folder / "hold.wav"
+def hold_audio(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 2-second 700 Hz tone: the custom music on hold."""
+    wav = tmp_path_factory.mktemp("applet-audio") / "hold.wav"
     subprocess.run(["sox", "-n", "-r", "8000", "-b", "16", "-c", "1", str(wav),
                     "synth", "2", "sine", "700", "gain", "-6"], check=True)
-    state.files["hold.wav"] = wav.read_bytes()
+    return wav.read_bytes()
+
+
+@pytest.fixture(scope="module")
+async def applet_app(hold_audio: bytes) -> AsyncIterator[AppletApp]:
+    state = AppletApp()
+    state.files["hold.wav"] = hold_audio
 
     async def handle(request: web.Request) -> web.Response:
         raw = await request.read()

@@ -153,10 +153,10 @@ def test_applet_config_and_defaults() -> None:
 
 
 def test_applet_config_errors_name_the_key() -> None:
-    with pytest.raises(ConfigError, match="connect_applets.4420.application: unknown"):
+    with pytest.raises(ConfigError, match=r"connect_applets\.4420\.application: unknown"):
         load_config(None, environ={}, overrides=base(connect_applets={
             "4420": {"application": "nope", "primary_url": "http://127.0.0.1:1/p"}}))
-    with pytest.raises(ConfigError, match="agents.redis_url"):
+    with pytest.raises(ConfigError, match=r"agents\.redis_url"):
         load_config(None, environ={}, overrides=base(agents={"redis_url": "http://x"}))
     with pytest.raises(ConfigError, match="ring_timeout_s"):
         load_config(None, environ={}, overrides=base(connect_applets={
