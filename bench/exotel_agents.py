@@ -122,6 +122,12 @@ def _messages(trace: str) -> list[tuple[float, str]]:
     return out
 
 
+def _lines(text: str) -> tuple[str, str]:
+    """(the 'UDP message sent/received' line, the SIP start line) of one traced message."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0], lines[1]) if len(lines) > 1 else ("", "")
+
+
 def _header(text: str, name: str) -> str | None:
     match = re.search(rf"^\s*{name}:\s*(.+?)\s*$", text, re.M | re.I)
     return match.group(1) if match else None
@@ -133,10 +139,9 @@ def double_bookings(trace: str) -> tuple[int, list[tuple[str, float]]]:
     ends: dict[str, float] = {}
     invites = []
     for stamp, text in _messages(trace):
-        body = text.split("\n", 3)
-        first = next((line.strip() for line in body[1:] if line.strip()), "")
+        direction, first = _lines(text)
         call_id = _header(text, "Call-ID") or ""
-        if "received" in body[0] and first.startswith("INVITE "):
+        if "received" in direction and first.startswith("INVITE "):
             if call_id not in starts:
                 starts[call_id] = stamp
                 invites.append((_header(text, "X-Exotel-CallSid") or "", stamp))
@@ -229,7 +234,8 @@ async def run_backend(lab: Any, backend: str, args: argparse.Namespace,
         await asyncio.sleep(args.hold_ms / 1000 + 1)
         caller_invites: dict[str, float] = {}
         for stamp, text in _messages(trace.read_text(errors="replace")):
-            if "sent" in text.split("\n", 1)[0] and re.search(r"^\s*INVITE ", text, re.M):
+            direction, first = _lines(text)
+            if "sent" in direction and first.startswith("INVITE "):
                 match = re.search(r"From: <sip:(\d+)@", text)
                 if match:
                     caller_invites.setdefault(match.group(1), stamp)

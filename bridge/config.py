@@ -81,6 +81,9 @@ class ApplicationConfig(_Strict):
     fallback_answer_url: str | None = None
     timeouts: WebhookTimeouts = WebhookTimeouts()
     signature_secret: SecretStr | None = None
+    legacy_input_payload: bool = Field(
+        False, description="input events in the 2017 form: top-level dtmf string and timed_out"
+    )
     max_ncco_replacements: int = Field(
         25, ge=1, le=1000, description="NCCOs one call may receive from webhooks; stops loops"
     )
@@ -252,6 +255,10 @@ class Config(_Strict):
 
     def application(self, app_id: str) -> ApplicationConfig | None:
         return next((a for a in self.applications if a.id == app_id), None)
+
+    def numbers_of(self, app_id: str) -> list[str]:
+        """The inbound numbers assigned to an application (its randomFromNumber pool)."""
+        return [n for n, a in self.numbers.items() if a == app_id and n != "*"]
 
     def application_for_number(self, number: str) -> ApplicationConfig | None:
         """The application an inbound call to ``number`` runs: exact match, then '*'."""

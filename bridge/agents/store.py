@@ -208,12 +208,15 @@ class RedisAgentStore(AgentStore):
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str = "ari-bridge:") -> None:
+    def __init__(self, url: str, prefix: str = "ari-bridge:", max_connections: int = 32) -> None:
         import redis.asyncio as aioredis  # optional dependency, only for this backend
 
         self.url = url
         self.prefix = prefix
-        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True)
+        # A blocking pool: a burst of calls waits for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, max_connections=max_connections, timeout=5)
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._refresh = self._redis.register_script(_REFRESH)
         self._busy = self._redis.register_script(_BUSY)

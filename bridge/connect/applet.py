@@ -509,7 +509,7 @@ class AppletRun:
                     and event.get("playback", {}).get("id") == playback_id):
                 done.set()
 
-        leg._extra.append(on_event)
+        leg.listeners.append(on_event)
         try:
             uri = f"sound:{self.engine.public_url()}/media/{item.media_id}.wav"
             await self.call.gateway.play(leg.channel_id, [uri], playback_id)
@@ -524,7 +524,7 @@ class AppletRun:
         except AriError as exc:
             self.log.warning("connect.playback_failed", error=str(exc))
         finally:
-            leg._extra.remove(on_event)
+            leg.listeners.remove(on_event)
 
     async def _converse(self, leg: Leg, cand: Candidate, params: AppletParams) -> None:
         """Join caller and agent until one hangs up or max_conversation_duration."""

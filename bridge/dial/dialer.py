@@ -66,7 +66,8 @@ class Leg:
     on_status: Callable[[Leg, str], None] | None = None
     ring_timeout_s: float = 60.0
     dialled_at: float | None = None
-    _extra: list[Callable[[Event], None]] = field(default_factory=list)
+    #: Extra subscribers to this leg's events (e.g. a playback waiting to finish).
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)
 
     @property
     def uuid(self) -> str:
@@ -101,8 +102,8 @@ class Leg:
             if kind == "StasisEnd" and (self.outcome is None or self.away):
                 return  # wait for the destroy (which carries the cause), or for its return
             self._end()
-        for extra in list(self._extra):
-            extra(event)
+        for listener in list(self.listeners):
+            listener(event)
 
     def _end(self) -> None:
         if self.outcome is None:
@@ -189,19 +190,30 @@ class Dialer:
         self.gateway.route(f"channel:{leg.channel_id}", leg.on_event)
         variables: dict[str, str] = {}
         if leg.target.caller_id:
+            # PJSIP builds an outgoing INVITE's From from the channel's connected line (app_dial
+            # copies the caller there); a created channel has none and would go out as
+            # "Anonymous". Caller ID is set too, for the dialplan and CDRs.
+            variables["CONNECTEDLINE(num)"] = leg.target.caller_id
+            variables["CONNECTEDLINE(pres)"] = "allowed_not_screened"
             variables["CALLERID(num)"] = leg.target.caller_id
         for name, value in leg.target.headers.items():
             variables[f"PJSIP_HEADER(add,{name})"] = value
         try:
             await self.gateway.create_channel(
-                leg.channel_id, leg.target.endpoint, ["dialed", leg.uuid], variables,
+                leg.channel_id, leg.target.endpoint, ["dialed", leg.uuid], {},
             )
             # The created channel joins our application asynchronously: dialling it before
             # its StasisStart gets 409 "Channel not in Stasis application".
             await asyncio.wait_for(leg.in_stasis.wait(), STASIS_WAIT_S)
+            # Function-style variables (CONNECTEDLINE(), PJSIP_HEADER()) are set on the live
+            # channel, before it dials.
+            for name, value in variables.items():
+                await self.gateway.set_variable(leg.channel_id, name, value)
             leg.ring_timeout_s = ring_timeout_s
             leg.dialled_at = time.monotonic()
-            await self.gateway.dial(leg.channel_id, caller_channel, ring_timeout_s)
+            # No 'caller' here: Asterisk would copy the caller's own number onto the new leg
+            # over the caller ID we set (from, outgoing_phone_number, randomFromNumber).
+            await self.gateway.dial(leg.channel_id, None, ring_timeout_s)
             log.info("dial.started", leg_uuid=leg.uuid, to=leg.target.to)
         except (AriError, TimeoutError) as exc:
             log.warning("dial.failed_to_start", leg_uuid=leg.uuid, to=leg.target.to,

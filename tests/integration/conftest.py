@@ -27,6 +27,8 @@ from bridge.config import load_config
 from bridge.lab import LabInfo, LabOptions, lab_down, lab_up
 from bridge.lab.sipp import RtpReceiver, SippResult, Step, free_port, place_call
 from tests.integration.harness import (
+    LEGACY_NUMBER,
+    MAIN_NUMBER,
     POST_NUMBER,
     UNREACHABLE_NUMBER,
     Recorded,
@@ -160,8 +162,11 @@ def bridge_config(lab: LabInfo, webhooks: WebhookApp, tmp: Path,
              **app_defaults},
             {"id": "unreachable", "answer_url": f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}/x",
              **app_defaults},
+            {"id": "legacy", "answer_url": f"{webhooks.url}/answer",
+             "legacy_input_payload": True, **app_defaults},
         ],
-        "numbers": {"*": "main", POST_NUMBER: "post", UNREACHABLE_NUMBER: "unreachable"},
+        "numbers": {"*": "main", POST_NUMBER: "post", UNREACHABLE_NUMBER: "unreachable",
+                    LEGACY_NUMBER: "legacy", MAIN_NUMBER: "main"},
         "trunks": [{"name": f"agent-{port}", "host": "127.0.0.1", "port": port}
                    for port in (routes or {}).values()],
         "routes": [{"prefix": prefix, "trunk": f"agent-{port}"}

@@ -22,6 +22,8 @@ def new_number() -> str:
 
 POST_NUMBER = "15550009991"
 UNREACHABLE_NUMBER = "15550009992"
+LEGACY_NUMBER = "15550009993"  # an application that wants the 2017 input payload
+MAIN_NUMBER = "15550009994"  # the main application's own number (its randomFromNumber pool)
 
 
 @dataclass

@@ -215,3 +215,20 @@ async def test_barge_in_prompt_stops_on_key_press_and_input_gets_the_digit(bridg
     prompt = await bridge.media.tts(GREETING * 3, resolve_voice(None, None, None))
     # The prompt stopped at the key press: far less than its length was heard.
     assert call.audio.voiced_seconds() < prompt.duration_s / 2
+
+
+async def test_legacy_input_payload_for_applications_that_ask_for_it(bridge, webhooks, dial):
+    from tests.integration.harness import LEGACY_NUMBER
+
+    ivr = webhooks.hook("legacy-ivr", {})
+    webhooks.answer(LEGACY_NUMBER, [
+        {"action": "talk", "text": "Enter your code", "bargeIn": True},
+        {"action": "input", "maxDigits": 2, "timeOut": "2", "eventUrl": [ivr]},
+    ])
+
+    call = await dial(LEGACY_NUMBER, steps=[Pause(800), Dtmf("3")])
+
+    assert call.sip.ok, call.sip.errors
+    [request] = webhooks.of("/hook/legacy-ivr")
+    assert request.json["dtmf"] == "3"
+    assert request.json["timed_out"] is True  # one digit of two, then the timeout

@@ -187,3 +187,60 @@ async def test_machine_detection_reports_machine_or_human(agents_bridge, webhook
         assert leg[:3] == ["started", "ringing", "answered"]
         assert verdict in leg
         assert ("machine" if verdict == "human" else "human") not in leg
+
+
+async def test_on_answer_ncco_is_heard_by_the_callee_before_the_join(agents_bridge, webhooks,
+                                                                     dial, tones):
+    caller_tone, _ = tones
+    async with Agent(200, hangup_after_ms=6000) as agent:
+        await agents_bridge({"44": agent.port})
+        number = new_number()
+        whisper = webhooks.hook(f"whisper-{number}", [
+            {"action": "talk", "text": "A customer is waiting for you."}])
+        webhooks.answer(number, [{"action": "connect", "endpoint": [{
+            "type": "phone", "number": "447700900003", "dtmfAnswer": "1p2",
+            "onAnswer": {"url": whisper}}]}])
+
+        call = await dial(number, steps=[Pause(300), Audio(caller_tone)])
+
+        assert call.sip.ok, call.sip.errors
+        [asked] = webhooks.of(f"/hook/whisper-{number}")
+        assert asked.method == "GET" and asked.query["to"] == "447700900003"
+        heard = agent.receiver.audio_packets()
+        assert agent.receiver.voiced_seconds() > 1.5 + 1.0  # the whisper, then the caller
+        # dtmfAnswer: the digits reached the agent as RFC 4733 events after the whisper.
+        events = {p.payload[0] for p in agent.receiver.packets if p.payload_type == 101}
+        assert events == {1, 2}
+        assert heard  # sanity: audio packets were recorded
+
+
+async def test_ringback_tone_url_is_heard_while_the_agent_rings(agents_bridge, webhooks, dial):
+    async with Agent(200, ring_ms=3000, hangup_after_ms=500) as agent:
+        await agents_bridge({"44": agent.port})
+        number = new_number()
+        webhooks.answer(number, [{"action": "connect",
+                                  "ringbackTone": f"{webhooks.url}/audio/tone.wav",
+                                  "endpoint": [{"type": "phone", "number": "447700900004"}]}])
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        assert call.audio.voiced_seconds() > 2.0  # the tone, while the agent rang for 3 s
+
+
+async def test_random_from_number_uses_one_of_the_applications_numbers(agents_bridge,
+                                                                       webhooks, dial):
+    from tests.integration.harness import MAIN_NUMBER
+
+    async with Agent(200, hangup_after_ms=300) as agent:
+        await agents_bridge({"44": agent.port})
+        number = new_number()
+        webhooks.answer(number, [{"action": "connect", "randomFromNumber": True,
+                                  "endpoint": [{"type": "phone", "number": "447700900005"}]}])
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        invite = agent.messages.split("INVITE sip:", 1)[1]
+        from_line = next(line for line in invite.splitlines() if line.startswith("From:"))
+        assert MAIN_NUMBER in from_line

@@ -514,6 +514,8 @@ async def test_outgoing_phone_number_must_be_ours(exotel, applet_app, lab):
             result = await call(lab, applet.number)
             assert result.sip.ok, result.sip.errors
 
-        froms = re.findall(r"\nFrom: *[^\n]*sip:\+?(\d+)@", agent.messages)
+        froms = re.findall(r"received[^\n]*\n+\s*INVITE [^\n]*\n(?:[^\n]+\n)*?\s*From: *[^\n]*?"
+                           r"sip:\+?(\d+)@", agent.messages)
+        assert len(froms) == 2
         assert froms[0] == applet.number  # not one of ours: the number the call came in on
         assert froms[-1] == "15557770000"

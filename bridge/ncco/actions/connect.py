@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import uuid as uuidlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from bridge.ari.gateway import new_id
 from bridge.calls import events as ev
 from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
 from bridge.dial.outcome import LegOutcome
+from bridge.media import MediaError, resolve_voice
 from bridge.media.websocket_relay import (
     ASTERISK_FORMAT,
     RtpPeer,
@@ -39,8 +41,13 @@ from bridge.ncco.models import (
     NccoError,
     PhoneEndpoint,
     SipEndpoint,
+    Stream,
+    Talk,
+    Wait,
     WebsocketEndpoint,
+    parse_ncco_bytes,
 )
+from bridge.webhooks import ParseError, WebhookRequest, WebhookResponse
 
 if TYPE_CHECKING:
     from bridge.calls.session import CallSession
@@ -55,6 +62,11 @@ def check(action: Connect, index: int) -> None:
             f"connect to a {endpoint.type!r} endpoint is not supported by this version of "
             "ari-bridge", f"[{index}].endpoint[0].type",
         )
+    if isinstance(endpoint, PhoneEndpoint) and endpoint.on_answer is not None:
+        url = endpoint.on_answer.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise NccoError("onAnswer needs a url (http or https)",
+                            f"[{index}].endpoint[0].onAnswer.url")
     if action.machine_detection is not None and isinstance(endpoint, WebsocketEndpoint):
         raise NccoError("machineDetection applies to phone and sip endpoints",
                         f"[{index}].machineDetection")
@@ -87,9 +99,18 @@ class LegEvents:
             self.call.outbox.post(self.url, self.method, self.payload(status, **extra))
 
 
-def _target(call: CallSession, action: Connect, leg_uuid: str) -> DialTarget:
+def _caller_id(call: CallSession, action: Connect) -> str:
+    """``from``, or with randomFromNumber one of the application's own numbers, or the number
+    the call came in on."""
+    if action.random_from_number:
+        pool = call.engine.config.numbers_of(call.app.id)
+        if pool:
+            return random.choice(pool)
+    return action.from_ or call.record.to_number
+
+
+def _target(call: CallSession, action: Connect, leg_uuid: str, caller_id: str) -> DialTarget:
     endpoint = action.endpoint[0]
-    caller_id = action.from_ or call.record.to_number
     dialer = call.engine.dialer
     if isinstance(endpoint, PhoneEndpoint):
         return DialTarget(leg_uuid, dialer.phone_endpoint(endpoint.number), endpoint.number,
@@ -106,12 +127,13 @@ async def run(call: CallSession, action: Connect) -> list[Action] | None:
     leg_uuid = str(uuidlib.uuid4())
     endpoint = action.endpoint[0]
     to = endpoint.number if isinstance(endpoint, PhoneEndpoint) else endpoint.uri  # type: ignore[union-attr]
-    events = LegEvents(call, action, leg_uuid, to, action.from_ or call.record.to_number)
+    caller_id = _caller_id(call, action)
+    events = LegEvents(call, action, leg_uuid, to, caller_id)
     events.send("started")
     if isinstance(endpoint, WebsocketEndpoint):
         return await _connect_websocket(call, action, endpoint, events)
     try:
-        target = _target(call, action, leg_uuid)
+        target = _target(call, action, leg_uuid, caller_id)
     except NoRoute as exc:
         call.error(f"connect: {exc}")
         return await _failed(call, action, events, LegOutcome.FAILED)
@@ -120,7 +142,7 @@ async def run(call: CallSession, action: Connect) -> list[Action] | None:
         if status in ("ringing", "answered"):
             events.send(status)
 
-    ringback = await _start_ringback(call)
+    ringback = await _start_ringback(call, _ringback_url(action))
     try:
         winner, legs = await call.engine.dialer.dial(
             [target], action.timeout, on_status, caller_channel=call.channel_id)
@@ -148,15 +170,36 @@ async def _failed(call: CallSession, action: Connect, events: LegEvents,
     return None
 
 
-async def _start_ringback(call: CallSession) -> str | None:
-    """The caller hears ringing while the callee rings: SIP 180 before answer, a tone after."""
+def _ringback_url(action: Connect) -> str | None:
+    endpoint = action.endpoint[0]
+    if isinstance(endpoint, PhoneEndpoint) and endpoint.on_answer:
+        tone = endpoint.on_answer.get("ringbackTone")
+        if isinstance(tone, str):
+            return tone
+    return action.ringback_tone
+
+
+async def _start_ringback(call: CallSession, url: str | None) -> str | None:
+    """The caller hears ringing while the callee rings: SIP 180 before answer, a tone after,
+    or the application's own ringbackTone (which needs media, so the caller is answered)."""
+    media = ["tone:ring"]
+    if url is not None:
+        try:
+            item = await call.media.fetch(url)
+            # Repeated in one playback (stopped when the callee answers): ten copies keep the
+            # request short and cover most ringing; after that the caller hears silence.
+            media = [f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"] * 10
+            await call.ensure_answered()
+        except MediaError as exc:
+            call.error(f"connect: ringbackTone {url} cannot be played: {exc.cause}; "
+                       "using a ringing tone")
     if call.answered is None:
         with contextlib.suppress(AriError):
             await call.gateway.ring(call.channel_id)
         return None
     playback_id = new_id()
     with contextlib.suppress(AriError):
-        await call.gateway.play(call.channel_id, ["tone:ring"], playback_id)
+        await call.gateway.play(call.channel_id, media, playback_id)
         return playback_id
     return None
 
@@ -184,8 +227,12 @@ async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEve
                 events.send("human")
             if leg.ended.is_set():
                 return
-        await call.ensure_answered()
         endpoint = action.endpoint[0]
+        if isinstance(endpoint, PhoneEndpoint) and endpoint.on_answer:
+            await _on_answer(call, leg, str(endpoint.on_answer["url"]), events)
+            if leg.ended.is_set():
+                return
+        await call.ensure_answered()
         if isinstance(endpoint, PhoneEndpoint) and endpoint.dtmf_answer:
             # 'p' is Vonage's 500 ms pause; Asterisk's DTMF streams write it 'w'.
             await gateway.send_dtmf(leg.channel_id, endpoint.dtmf_answer.replace("p", "w"))
@@ -284,3 +331,70 @@ async def _close_websocket(call: CallSession, ws: aiohttp.ClientWebSocketRespons
         await call.gateway.remove_from_bridge(bridge_id, call.channel_id)
     with contextlib.suppress(AriError):
         await call.gateway.destroy_bridge(bridge_id)
+
+
+async def _on_answer(call: CallSession, leg: Leg, url: str, events: LegEvents) -> None:
+    """The callee hears the onAnswer NCCO (talk, stream, wait) before being joined."""
+    params = {"uuid": leg.uuid, "conversation_uuid": call.conversation_uuid,
+              "to": leg.target.to, "from": events.from_}
+    result = await call.engine.webhooks.send_with_fallback(
+        WebhookRequest(url=url, method="GET", data=params), None, _ncco,
+        call.engine.timeouts(call.app, event=False), call.engine.signer(call.app))
+    if result.value is None:
+        call.error(f"connect: onAnswer {url} failed: {result.error}; joining without it")
+        return
+    for index, step in enumerate(result.value):
+        if leg.ended.is_set():
+            return
+        if isinstance(step, Wait):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leg.ended.wait(), step.timeout)
+            continue
+        try:
+            if isinstance(step, Talk):
+                voice = resolve_voice(step.voice_name, step.language, step.style)
+                item = await call.media.tts(step.text, voice, step.level)
+            elif isinstance(step, Stream):
+                item = await call.media.fetch(step.stream_url[0], step.level)
+            else:
+                call.error(f"connect: onAnswer [{index}].action {step.action!r} cannot run on "
+                           "the callee before it is joined; skipped")
+                continue
+        except (MediaError, ValueError) as exc:
+            call.error(f"connect: onAnswer [{index}]: {exc}")
+            continue
+        uri = f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"
+        loops = max(getattr(step, "loop", 1), 1)
+        await _play_to_leg(call, leg, [uri] * loops, item.duration_s * loops)
+
+
+async def _play_to_leg(call: CallSession, leg: Leg, media: list[str], duration_s: float) -> None:
+    playback_id = new_id()
+    finished: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def watch(event: dict[str, Any]) -> None:
+        if (event.get("type") == "PlaybackFinished"
+                and event.get("playback", {}).get("id") == playback_id
+                and not finished.done()):
+            finished.set_result(None)
+
+    leg.listeners.append(watch)  # subscribe before asking
+    try:
+        await call.gateway.play(leg.channel_id, media, playback_id)
+        ended: asyncio.Future[Any] = asyncio.ensure_future(leg.ended.wait())
+        try:
+            await asyncio.wait([finished, ended], timeout=duration_s + 15,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+    except AriError as exc:
+        call.error(f"connect: onAnswer playback failed: {exc}")
+    finally:
+        leg.listeners.remove(watch)
+
+
+def _ncco(response: WebhookResponse) -> list[Action]:
+    try:
+        return parse_ncco_bytes(response.body)
+    except NccoError as exc:
+        raise ParseError(f"invalid NCCO: {exc}") from None

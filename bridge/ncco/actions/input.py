@@ -109,6 +109,11 @@ async def run(call: CallSession, action: Input) -> list[Action] | None:
         digits, timed_out = await collect(call, action)
         payload["dtmf"] = {"digits": digits, "timed_out": timed_out}
     payload["timestamp"] = ev.timestamp()
+    if call.app.legacy_input_payload:
+        # The 2017 reference's shape: the digits as a string and timed_out at the top level.
+        dtmf = payload["dtmf"]
+        payload["dtmf"] = dtmf["digits"] or ""
+        payload["timed_out"] = dtmf["timed_out"]
     url = action.event_url[0] if action.event_url else call.app.event_url
     if url is None:
         call.error("input: no eventUrl on the action and no event_url for the application")
