@@ -200,15 +200,11 @@ class Dialer:
             variables[f"PJSIP_HEADER(add,{name})"] = value
         try:
             await self.gateway.create_channel(
-                leg.channel_id, leg.target.endpoint, ["dialed", leg.uuid], {},
+                leg.channel_id, leg.target.endpoint, ["dialed", leg.uuid], variables,
             )
             # The created channel joins our application asynchronously: dialling it before
             # its StasisStart gets 409 "Channel not in Stasis application".
             await asyncio.wait_for(leg.in_stasis.wait(), STASIS_WAIT_S)
-            # Function-style variables (CONNECTEDLINE(), PJSIP_HEADER()) are set on the live
-            # channel, before it dials.
-            for name, value in variables.items():
-                await self.gateway.set_variable(leg.channel_id, name, value)
             leg.ring_timeout_s = ring_timeout_s
             leg.dialled_at = time.monotonic()
             # No 'caller' here: Asterisk would copy the caller's own number onto the new leg
