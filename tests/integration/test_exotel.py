@@ -471,7 +471,10 @@ async def test_music_on_hold_is_heard_while_the_agent_rings(exotel, applet_app, 
 
         assert result.sip.ok, result.sip.errors
         assert agent.invites() == 1
-        assert result.audio.voiced_seconds() > 1.5, "no music while the agent rang"
+        # Hold music has quiet passages (the stock tracks fade in): count the audio that
+        # arrived while the agent rang, and that some of it was loud.
+        assert result.audio.audio_seconds() > 2.0, "no music while the agent rang"
+        assert result.audio.voiced_seconds() > 0.5, "only silence while the agent rang"
 
 
 async def test_start_call_playback_is_heard_by_the_agent_first(exotel, applet_app, lab):

@@ -127,9 +127,11 @@ def test_current_api_typed_forms_are_accepted() -> None:
 
 
 def test_runtime_checks_name_unsupported_actions_and_unknown_voices() -> None:
-    with pytest.raises(NccoError, match=r"\[1\]\.endpoint\[0\]\.type: connect to a 'websocket'"):
-        check(parse_ncco(json.loads(SEED_SAMPLES[5])))
+    with pytest.raises(NccoError, match=r"\[0\]\.endpoint\[0\]\.type: connect to a 'app'"):
+        check(parse_ncco([{"action": "connect",
+                           "endpoint": [{"type": "app", "user": "alice"}]}]))
     check(parse_ncco(json.loads(SEED_SAMPLES[4])))  # connect to a phone runs
+    check(parse_ncco(json.loads(SEED_SAMPLES[5])))  # and to a WebSocket
     with pytest.raises(NccoError, match=r"\[0\]\.voiceName: voiceName 'Bob'"):
         check(parse_ncco([{"action": "talk", "text": "hi", "voiceName": "Bob"}]))
     check(parse_ncco(json.loads(SEED_SAMPLES[9])))  # talk + barge-in talk + input: runnable
