@@ -25,7 +25,7 @@ import structlog
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
 from bridge.calls import events as ev
-from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
+from bridge.dial.dialer import STASIS_WAIT_S, DialTarget, Leg, NoRoute, detect_machine
 from bridge.dial.outcome import LegOutcome
 from bridge.media import MediaError, resolve_voice
 from bridge.media.websocket_relay import (
@@ -284,9 +284,13 @@ async def _connect_websocket(call: CallSession, action: Connect, endpoint: Webso
         peer = await open_rtp(rate)
         media_channel = new_id()
         bridge_id = new_id()
-        gone = asyncio.Event()
-        gateway.route(f"channel:{media_channel}",
-                      lambda e: gone.set() if e.get("type") == "ChannelDestroyed" else None)
+        in_stasis = asyncio.Event()
+
+        def on_media_event(event: dict[str, Any]) -> None:
+            if event.get("type") == "StasisStart":
+                in_stasis.set()
+
+        gateway.route(f"channel:{media_channel}", on_media_event)
         answered = datetime.now(UTC)
         try:
             await ws.send_str(first_message(endpoint.content_type, endpoint.headers))
@@ -294,6 +298,9 @@ async def _connect_websocket(call: CallSession, action: Connect, endpoint: Webso
             host, port = await gateway.external_media(
                 media_channel, f"127.0.0.1:{_local_port(peer)}", ASTERISK_FORMAT)
             peer.remote = (host, port)
+            # Like a created channel, the media channel joins our application a moment after
+            # the request returns; adding it to a bridge before that gets 422.
+            await asyncio.wait_for(in_stasis.wait(), STASIS_WAIT_S)
             events.send("answered")
             await gateway.create_bridge(bridge_id, "mixing", f"websocket-{call.uuid}")
             await gateway.add_to_bridge(bridge_id, call.channel_id)
@@ -306,6 +313,8 @@ async def _connect_websocket(call: CallSession, action: Connect, endpoint: Webso
             finally:
                 pump.cancel()
                 ended.cancel()
+        except TimeoutError:
+            call.error("connect: Asterisk's media channel for the websocket did not start")
         finally:
             await asyncio.shield(_close_websocket(call, ws, media_channel, bridge_id))
             if peer.transport is not None:
