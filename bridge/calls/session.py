@@ -22,13 +22,14 @@ from bridge.ari.errors import AriError, ChannelGone
 from bridge.calls import events as ev
 from bridge.calls.outbound import OutboundCall
 from bridge.calls.store import CallRecord
+from bridge.calls.websocket_leg import open_websocket_leg
 from bridge.config import ApplicationConfig
-from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
 from bridge.ncco.models import (
     Action,
     NccoError,
     PhoneEndpoint,
-    SipEndpoint,
+    WebsocketEndpoint,
     dump_ncco,
     parse_ncco,
     parse_ncco_bytes,
@@ -320,11 +321,14 @@ class CallSession:
         """Ring the destination; once answered, the NCCO given or fetched from answer_url."""
         self.status("started")
         dialer = self.engine.dialer
-        if not isinstance(request.to, PhoneEndpoint | SipEndpoint):
-            self.error(f"calls to a {request.to.type!r} endpoint are not supported yet")
-            self.final_status = "failed"
-            self.status("failed")
-            return None
+        if isinstance(request.to, WebsocketEndpoint):
+            if not await open_websocket_leg(self, request.to):
+                self.final_status = "failed"
+                self.status("failed")
+                self.gone.set()
+                return None
+            self._mark_answered(request)
+            return await self._outbound_ncco(request)
         try:
             endpoint = (dialer.phone_endpoint(request.to.number)
                         if isinstance(request.to, PhoneEndpoint)
@@ -333,6 +337,7 @@ class CallSession:
             self.error(str(exc))
             self.final_status = "failed"
             self.status("failed")
+            self.gone.set()
             return None
         target = DialTarget(self.uuid, endpoint, request.to_address, request.from_number,
                             channel_id=self.channel_id)
@@ -349,12 +354,28 @@ class CallSession:
             self.status(self.final_status)
             self.gone.set()  # nothing to hang up: the leg never came up
             return None
+        self._mark_answered(request)
+        if request.machine_detection in ("continue", "hangup"):
+            verdict = await detect_machine(self.gateway, winner)
+            self.status("machine" if verdict == "MACHINE" else "human")
+            if verdict == "MACHINE" and request.machine_detection == "hangup":
+                await self.gateway.hangup(self.channel_id)
+                self.gone.set()
+                return None
         # From now on the answered channel's events are the session's.
         self.gateway.route(f"channel:{self.channel_id}", self.on_event)
+        if winner.ended.is_set():
+            self.gone.set()
+            return None
+        return await self._outbound_ncco(request)
+
+    def _mark_answered(self, request: OutboundCall) -> None:
         self.answered = datetime.now(UTC)
         self.engine.store.mark_answered(self.uuid, ev.timestamp(self.answered))
         self.status("answered")
         self.spawn(self._length_timer(request.length_timer_s), "length-timer")
+
+    async def _outbound_ncco(self, request: OutboundCall) -> list[Action] | None:
         if request.ncco is not None:
             return request.ncco
         return await self._fetch_answer_ncco()

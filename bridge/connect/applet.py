@@ -44,6 +44,7 @@ from bridge.connect.params import (
     request_params,
 )
 from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.dial.join import join_until_one_leaves
 from bridge.dial.outcome import LegOutcome
 from bridge.media.errors import MediaError
 from bridge.media.voices import resolve_voice
@@ -539,19 +540,11 @@ class AppletRun:
             await self._stop_hold()
             if leg.ended.is_set() or self.call.gone.is_set():
                 return
-            await gateway.create_bridge(bridge_id, "mixing", f"exotel-{self.call.uuid}")
-            await gateway.add_to_bridge(bridge_id, self.call.channel_id)
-            await gateway.add_to_bridge(bridge_id, leg.channel_id)
             self.log.info("connect.bridged", agent=cand.contact)
-            waits = [asyncio.ensure_future(leg.ended.wait()),
-                     asyncio.ensure_future(self.call.gone.wait())]
-            try:
-                done, _ = await asyncio.wait(waits, timeout=params.max_conversation_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-            if not done:
+            limit_reached = await join_until_one_leaves(
+                gateway, bridge_id, f"exotel-{self.call.uuid}", self.call.channel_id,
+                self.call.gone, leg, params.max_conversation_s)
+            if limit_reached:
                 self.log.info("connect.max_conversation_reached",
                               limit_s=params.max_conversation_s)
         finally:

@@ -244,3 +244,31 @@ async def test_random_from_number_uses_one_of_the_applications_numbers(agents_br
         invite = agent.messages.split("INVITE sip:", 1)[1]
         from_line = next(line for line in invite.splitlines() if line.startswith("From:"))
         assert MAIN_NUMBER in from_line
+
+
+async def test_ivr_caller_presses_4_mid_prompt_and_the_reply_connects_to_sales(
+        agents_bridge, webhooks, dial):
+    """The reference's IVR: talk with bargeIn, input; the eventUrl answers 4 with sales."""
+    from bridge.lab.sipp import Dtmf
+
+    async with Agent(200, hangup_after_ms=1000) as sales:
+        await agents_bridge({"4420": sales.port})
+        number = new_number()
+        ivr = webhooks.hook(f"ivr-{number}", [{
+            "action": "connect", "endpoint": [{"type": "phone", "number": "442079460099"}]}])
+        webhooks.answer(number, [
+            {"action": "talk", "text": "For sales press 4. For support press 5. " * 3,
+             "bargeIn": True},
+            {"action": "input", "maxDigits": 1, "eventUrl": [ivr]},
+        ])
+
+        call = await dial(number, steps=[Pause(1500), Dtmf("4")])
+
+        assert call.sip.ok, call.sip.errors
+        [pressed] = webhooks.of(f"/hook/ivr-{number}")
+        assert pressed.json["dtmf"] == {"digits": "4", "timed_out": False}
+        assert sales.invites() == 1
+        await webhooks.wait_completed(number)
+        leg = [e.json["status"] for e in webhooks.of("/event")
+               if e.json.get("to") == "442079460099"]
+        assert leg == ["started", "ringing", "answered", "completed"]

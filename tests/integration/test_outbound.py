@@ -70,3 +70,35 @@ async def test_busy_destination_ends_with_busy_and_no_completed(lab, webhooks, t
             assert webhooks.statuses(number) == ["started", "busy"]
         finally:
             await service.stop()
+
+
+async def test_outbound_call_to_a_websocket_streams_the_ncco_to_the_application(
+        lab, webhooks, tmp_path):
+    from aiohttp import web
+
+    from bridge.ncco.models import WebsocketEndpoint
+    from tests.integration.test_websocket import EchoServer
+
+    echo = EchoServer()
+    app = web.Application()
+    app.router.add_get("/socket", echo.handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", echo.port).start()
+    service = await start_bridge(lab, webhooks, tmp_path, {})
+    try:
+        uri = f"ws://127.0.0.1:{echo.port}/socket"
+        await service.engine.place_call(OutboundCall(
+            application_id="main",
+            to=WebsocketEndpoint.model_validate({"type": "websocket", "uri": uri,
+                                                 "content-type": "audio/l16;rate=16000"}),
+            from_number="15550001111",
+            ncco=parse_ncco([{"action": "talk", "text": "Hello, web socket."}]),
+        ))
+        await webhooks.wait_completed(uri)
+        assert webhooks.statuses(uri) == ["started", "answered", "completed"]
+        assert echo.texts and '"audio/l16;rate=16000"' in echo.texts[0]
+        assert echo.loud_frames() > 25  # more than half a second of speech reached it
+    finally:
+        await service.stop()
+        await runner.cleanup()

@@ -26,6 +26,7 @@ from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
 from bridge.calls import events as ev
 from bridge.dial.dialer import STASIS_WAIT_S, DialTarget, Leg, NoRoute, detect_machine
+from bridge.dial.join import join_until_one_leaves
 from bridge.dial.outcome import LegOutcome
 from bridge.media import MediaError, resolve_voice
 from bridge.media.websocket_relay import (
@@ -236,18 +237,10 @@ async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEve
         if isinstance(endpoint, PhoneEndpoint) and endpoint.dtmf_answer:
             # 'p' is Vonage's 500 ms pause; Asterisk's DTMF streams write it 'w'.
             await gateway.send_dtmf(leg.channel_id, endpoint.dtmf_answer.replace("p", "w"))
-        await gateway.create_bridge(bridge_id, "mixing", f"connect-{call.uuid}")
-        await gateway.add_to_bridge(bridge_id, call.channel_id)
-        await gateway.add_to_bridge(bridge_id, leg.channel_id)
-        waits = [asyncio.ensure_future(leg.ended.wait()),
-                 asyncio.ensure_future(call.gone.wait())]
-        try:
-            done, _ = await asyncio.wait(waits, timeout=action.limit,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        if not done:
+        limit_reached = await join_until_one_leaves(
+            gateway, bridge_id, f"connect-{call.uuid}", call.channel_id, call.gone, leg,
+            action.limit)
+        if limit_reached:
             log.info("connect.limit_reached", limit_s=action.limit)
             with contextlib.suppress(AriError):
                 await gateway.hangup(call.channel_id)
