@@ -157,16 +157,23 @@ def _print_lab(info: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bridge.lab import LabError, lab_up
+    from bridge.lab import LabError, lab_down, lab_status, lab_up
 
     setup_logging(os.environ.get("ARI_BRIDGE_LOG__LEVEL", "warning"))
+    opts = _lab_opts(args)
+    was_up = lab_status(opts) is not None
     try:
-        info = lab_up(_lab_opts(args))
+        info = lab_up(opts)
     except LabError as exc:
         print(f"ari-bridge demo: {exc}", file=sys.stderr)
         return 1
     _print_lab(info)
-    return asyncio.run(_demo_async(args, info))
+    try:
+        return asyncio.run(_demo_async(args, info))
+    finally:
+        if not was_up:  # a lab the demo started is the demo's to stop
+            lab_down(opts)
+            print("lab stopped")
 
 
 async def _demo_async(args: argparse.Namespace, info: Any) -> int:
