@@ -118,3 +118,26 @@ async def test_a_key_press_ends_speech_input_and_sends_the_digits(bridge, webhoo
     assert request.json["dtmf"] == {"digits": "4", "timed_out": False}
     assert request.json["speech"] == {"results": []}
     assert call.audio.voiced_seconds() > 0.3  # the reply NCCO's talk was heard
+
+
+async def test_save_audio_adds_a_recording_url_to_the_speech_result(bridge, webhooks, dial,
+                                                                   tmp_path):
+    number = new_number()
+    hook = webhooks.hook(f"saved-{number}", {})
+    webhooks.answer(number, speech_ncco(hook, context=["one", "two", "three"],
+                                        startTimeout=10, saveAudio=True))
+
+    call = await dial(number, steps=[Audio(spoken_pcap(tmp_path, "one two three"))])
+
+    assert call.sip.ok, call.sip.errors
+    await webhooks.wait_completed(number)
+    [request] = webhooks.of(f"/hook/saved-{number}")
+    url = request.json["speech"]["recording_url"]
+    assert url.startswith(f"{bridge.base_url}/v1/files/")
+    file_id = url.rsplit("/", 1)[1]
+    saved = bridge.engine.recordings.files.path_for(file_id)
+    assert saved is not None and saved.suffix == ".wav"
+    import wave
+    with wave.open(str(saved)) as audio:
+        assert audio.getframerate() == 8000
+        assert audio.getnframes() / 8000 > 0.5  # the spoken words, not an empty file

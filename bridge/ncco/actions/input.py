@@ -145,7 +145,6 @@ async def listen(call: CallSession, speech: SpeechSettings, keys_end_it: bool) -
     threshold = speech_threshold(speech.sensitivity)
     parts: list[bytes] = []  # 8 kHz 16-bit mono PCM of the voiced capture, in order
     speech_started: float | None = None
-    kept: list[str] = []  # recordings left on Asterisk (saveAudio)
     reason = "end_on_silence_timeout"
     with tempfile.TemporaryDirectory(prefix="ari-bridge-speech-") as tmp:
         while True:
@@ -178,11 +177,8 @@ async def listen(call: CallSession, speech: SpeechSettings, keys_end_it: bool) -
                 call.error(f"input: could not fetch the speech recording: {exc}")
                 return Heard(payload={"error": f"recording unavailable: {exc}"})
             has_speech = voiced >= MIN_SPEECH_S
-            if speech.save_audio and has_speech:
-                kept.append(segment.name)
-            else:
-                with contextlib.suppress(AriError):
-                    await call.gateway.delete_stored_recording(segment.name)
+            with contextlib.suppress(AriError):
+                await call.gateway.delete_stored_recording(segment.name)
             if speech_started is None:
                 if not has_speech:
                     if loop.time() >= start_deadline or segment.ended == "stopped":
@@ -197,8 +193,6 @@ async def listen(call: CallSession, speech: SpeechSettings, keys_end_it: bool) -
                 reason = "max_duration"
                 break
             # "stopped" at startTimeout while the caller was speaking: go on listening.
-        if kept:
-            call.log.info("input.audio_saved", recordings=kept)
         joined = Path(tmp) / "speech.wav"
         _write_wav(joined, b"".join(parts))
         try:
@@ -207,10 +201,16 @@ async def listen(call: CallSession, speech: SpeechSettings, keys_end_it: bool) -
         except AsrError as exc:
             call.error(f"input: {exc}")
             return Heard(payload={"error": str(exc)})
-    return Heard(payload={
-        "timeout_reason": reason,
-        "results": [{"confidence": str(h.confidence), "text": h.text} for h in hypotheses],
-    })
+        payload: dict[str, Any] = {
+            "timeout_reason": reason,
+            "results": [{"confidence": str(h.confidence), "text": h.text} for h in hypotheses],
+        }
+        if speech.save_audio:
+            # What was recognised, as one WAV served like a recording (JWT-authenticated).
+            files = call.engine.recordings.files
+            file_id = files.add(joined, call.app.id)
+            payload["recording_url"] = files.url(call.engine.public_url(), file_id)
+    return Heard(payload=payload)
 
 
 async def _record_segment(
