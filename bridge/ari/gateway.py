@@ -40,6 +40,18 @@ log = structlog.get_logger(__name__)
 Event = dict[str, Any]
 EventHandler = Callable[[Event], None]
 
+#: The only event types the bridge asks Asterisk for (ARI's application event filter). A call
+#: otherwise brings dozens of ChannelVarset, ChannelDialplan and similar events that Asterisk
+#: would serialize and we would parse for nothing. Code that waits for a new type adds it here.
+SUBSCRIBED_EVENTS = (
+    "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelHangupRequest",
+    "ChannelStateChange", "ChannelDtmfReceived", "Dial",
+    "PlaybackStarted", "PlaybackFinished",
+    "RecordingStarted", "RecordingFinished", "RecordingFailed",
+    "ChannelEnteredBridge", "ChannelLeftBridge", "BridgeDestroyed",
+    "ApplicationReplaced",
+)
+
 
 def new_id() -> str:
     """Ids we hand to Asterisk (channels, playbacks, recordings): generated here, so that we
@@ -171,6 +183,7 @@ class AriGateway:
         self._ws = ws
         self.connects += 1
         self.last_error = None
+        await self._filter_events()
         self._connected.set()
         log.info("ari.connected", url=self.config.url, app=self.app, connects=self.connects)
         side_tasks = [asyncio.create_task(self._watchdog(ws), name="ari-watchdog")]
@@ -193,6 +206,17 @@ class AriGateway:
         secret = f"{self.config.username}:{self.config.password.get_secret_value()}"
         http_client = AsynchronousHttpClient(auth=ApiKeyAuthenticator(host, secret))
         return aioari.Client(self.config.url, http_client)
+
+    async def _filter_events(self) -> None:
+        """Ask Asterisk for only the event types we use (the app exists once the websocket
+        is open). Not fatal: without the filter we receive more, and ignore it."""
+        try:
+            await self.request(
+                "PUT", f"/applications/{self.app}/eventFilter",
+                body={"allowed": [{"type": kind} for kind in SUBSCRIBED_EVENTS]},
+            )
+        except AriError as exc:
+            log.warning("ari.event_filter_failed", error=exc.details)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -225,6 +249,9 @@ class AriGateway:
             if handler is not None:
                 self.events_routed += 1
                 handler(event)
+            elif event.get("type") == "ApplicationReplaced":
+                # Another client registered our application name: events now go there.
+                log.error("ari.application_replaced", app=self.app)
             elif event.get("type") == "StasisStart":
                 self.events_routed += 1
                 self._on_stasis_start(event)

@@ -43,6 +43,7 @@ from bridge.connect.params import (
     parse_json,
     request_params,
 )
+from bridge.connect.recording import ConversationRecording
 from bridge.dial.dialer import DialTarget, Leg, NoRoute
 from bridge.dial.join import join_until_one_leaves
 from bridge.dial.outcome import LegOutcome
@@ -131,6 +132,7 @@ class AppletRun:
         self.call_type = "call-attempt"
         self.skips: list[tuple[str, str]] = []  # (contact, reason)
         self.passthru: EventOutbox | None = None
+        self.recording: ConversationRecording | None = None
         self._hold_playback: str | None = None
         self._hold_moh = False
         self._hold_task: asyncio.Task[None] | None = None
@@ -226,7 +228,8 @@ class AppletRun:
             dial_whom_number=self.last_dialled,
             dial_call_status=self.last_status if self.fetches > 0 else None,
             digits=self.digits if self.fetches == 0 else None,
-            custom_field=None, recording_url=None,
+            custom_field=None,
+            recording_url=self.recording.url if self.recording is not None else None,
         )
         return params
 
@@ -541,6 +544,9 @@ class AppletRun:
             if leg.ended.is_set() or self.call.gone.is_set():
                 return
             self.log.info("connect.bridged", agent=cand.contact)
+            if params.record and self.recording is None:
+                self.recording = ConversationRecording(self.call, params.record_channels)
+                await self.recording.start()
             limit_reached = await join_until_one_leaves(
                 gateway, bridge_id, f"exotel-{self.call.uuid}", self.call.channel_id,
                 self.call.gone, leg, params.max_conversation_s)
@@ -548,6 +554,8 @@ class AppletRun:
                 self.log.info("connect.max_conversation_reached",
                               limit_s=params.max_conversation_s)
         finally:
+            if self.recording is not None:
+                await asyncio.shield(self.recording.end())
             await asyncio.shield(self._tear_down(leg, bridge_id))
             self.engine.dialer.release(leg)
 
@@ -576,6 +584,8 @@ class AppletRun:
             if chosen.ncco is not None:
                 return self.engine.parse(chosen.ncco)
             assert chosen.url is not None
+            if self.recording is not None:
+                await self.recording.wait_stored()  # so RecordingUrl can be sent
             data = self._params()
             data["Outcome"] = outcome
             response = await self.engine.webhooks.send(

@@ -31,7 +31,7 @@ from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
 from bridge.calls import events as ev
 from bridge.media.errors import MediaError
-from bridge.media.recordings import EventTap, is_type, recording_ended
+from bridge.media.recordings import EventTap, StoredRecording, is_type, recording_ended
 from bridge.ncco.models import Action, Record
 
 if TYPE_CHECKING:
@@ -183,8 +183,9 @@ class CallRecording:
             self.taps[side].close()
 
     # ----------------------------------------------------------------- finish
-    async def finish(self) -> None:
-        """Fetch, convert, store, and send the ``record`` event (runs beside the call)."""
+    async def finish(self) -> StoredRecording | None:
+        """Fetch, convert, store, and send the ``record`` event (runs beside the call).
+        Returns the stored file, or None when nothing could be saved."""
         call, action = self.call, self.action
         await self.stop()
         split = action.split == "conversation" and (action.channels or 2) >= 2
@@ -197,7 +198,7 @@ class CallRecording:
             self._send(ev.error_event(uuid=call.uuid, conversation_uuid=call.conversation_uuid,
                                       reason=f"record: the recording could not be saved: "
                                              f"{exc}"), error=True)
-            return
+            return None
         self.log.info("record.stored", file_id=stored.file_id, size=stored.size,
                       duration_s=stored.duration_s)
         started = self.started_at or datetime.now(UTC)
@@ -212,6 +213,7 @@ class CallRecording:
             "uuid": call.uuid,
             "timestamp": ev.timestamp(),
         })
+        return stored
 
     def _send(self, payload: dict[str, Any], error: bool = False) -> None:
         call, action = self.call, self.action
