@@ -269,12 +269,7 @@ class CallSession:
         structlog.contextvars.bind_contextvars(call_uuid=self.uuid)
         try:
             if self.outbound is not None and not self._resumed:
-                actions = await self._dial_out(self.outbound)
-                if actions is not None:
-                    self.actions = actions
-                    self.position = 0
-                    self._save_progress()
-                    self._transition(CallState.RUNNING, "ncco")
+                self._begin(await self._dial_out(self.outbound))
             elif not self._resumed:
                 self.status("started")
                 self.status("ringing")
@@ -284,11 +279,7 @@ class CallSession:
                 actions = list(self.actions) if self.actions else await self._fetch_answer_ncco()
                 with contextlib.suppress(ChannelGone):
                     await ring
-                if actions is not None:
-                    self.actions = actions
-                    self.position = 0
-                    self._save_progress()
-                    self._transition(CallState.RUNNING, "ncco")
+                self._begin(actions)
             if self.state is CallState.RUNNING:
                 await self._run_actions()
                 self._transition(CallState.ENDING, "hangup" if self.gone.is_set() else "ncco_done")
@@ -316,6 +307,14 @@ class CallSession:
             with contextlib.suppress(AriError):
                 await self.gateway.hangup(self.channel_id, "normal")
         await self._finish()
+
+    def _begin(self, actions: list[Action] | None) -> None:
+        """Take the first NCCO; without one the call stays out of RUNNING and is ended."""
+        if actions is not None:
+            self.actions = actions
+            self.position = 0
+            self._save_progress()
+            self._transition(CallState.RUNNING, "ncco")
 
     async def _dial_out(self, request: OutboundCall) -> list[Action] | None:
         """Ring the destination; once answered, the NCCO given or fetched from answer_url."""
