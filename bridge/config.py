@@ -14,7 +14,16 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "ARI_BRIDGE_"
 
@@ -137,6 +146,77 @@ class RecordingsConfig(_Strict):
     )
 
 
+#: PJSIP object ids and SIP user names: also used in ARI paths and ``sip:<name>`` contacts.
+DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
+
+
+class DeviceConfig(_Strict):
+    """An agent's SIP device (phone, softphone) that registers to Asterisk with digest auth.
+
+    The bridge creates its PJSIP auth, aor and endpoint (all named ``name``) over ARI at start
+    and after every reconnect; an applet dials it as ``sip:<name>``.
+    """
+
+    name: str = Field(pattern=DEVICE_NAME_PATTERN,
+                      description="SIP user name and PJSIP endpoint/aor/auth id")
+    password: SecretStr | None = Field(
+        None, description="digest password; prefer password_env (never logged)")
+    password_env: str | None = Field(
+        None, description="environment variable holding the password (read at start)")
+    context: str = Field(
+        "from-trunk", pattern=r"^[A-Za-z0-9_-]+$",
+        description="dialplan context of calls the device places (from-trunk: to the bridge)")
+    codecs: list[Literal["ulaw", "alaw"]] = Field(default_factory=lambda: ["ulaw", "alaw"],
+                                                  min_length=1)
+    nat: bool = Field(
+        True, description="answer the device where its SIP and RTP come from "
+                          "(rewrite_contact, rtp_symmetric, force_rport)")
+    qualify_frequency_s: int = Field(
+        0, ge=0, le=3600,
+        description="seconds between OPTIONS checks of the registered contact; 0: none (the "
+                    "device counts as on while its registration lasts)")
+    transport: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="pjsip.conf transport; default: any")
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        environ = _environ(info)
+        if not environ.get(value):
+            raise ValueError(f"environment variable {value} is not set (or empty)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self, info: ValidationInfo) -> DeviceConfig:
+        if (self.password is None) == (self.password_env is None):
+            raise ValueError(f"device {self.name!r}: set exactly one of password and "
+                             "password_env")
+        if self.password_env is not None:
+            # Resolved once, at load: the frozen model then carries the secret itself.
+            secret = SecretStr(_environ(info)[self.password_env])
+            object.__setattr__(self, "password", secret)
+        return self
+
+    def secret(self) -> str:
+        assert self.password is not None  # set by the validator
+        return self.password.get_secret_value()
+
+
+def _environ(info: ValidationInfo) -> Mapping[str, str]:
+    context = info.context if isinstance(info.context, dict) else {}
+    environ = context.get("environ")
+    return environ if isinstance(environ, Mapping) else os.environ
+
+
 class AgentsConfig(_Strict):
     """Agent state for Exotel Connect applets: busy leases and sticky agents."""
 
@@ -159,12 +239,25 @@ class AgentsConfig(_Strict):
         default_factory=list,
         description="operator numbers an applet may use as outgoing_phone_number, besides "
                     "the inbound numbers configured in numbers and connect_applets")
+    devices: list[DeviceConfig] = Field(
+        default_factory=list,
+        description="agents' SIP devices the bridge provisions in Asterisk (dialled as "
+                    "sip:<name>; see docs/exotel-connect.md)")
 
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
         if value is not None and urlparse(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"must be a redis:// URL, got {value!r}")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_devices(cls, value: list[DeviceConfig]) -> list[DeviceConfig]:
+        names = [d.name for d in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate device name {dupes[0]!r}")
         return value
 
 
@@ -337,11 +430,13 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded
-    data = _apply_env(data, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    data = _apply_env(data, environ)
     if overrides:
         data = _merge(data, dict(overrides))
     try:
-        return Config.model_validate(data)
+        # The environment also resolves agents.devices[].password_env.
+        return Config.model_validate(data, context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
     except ValueError as exc:

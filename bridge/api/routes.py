@@ -414,9 +414,6 @@ class RestApi:
         if body.advanced_machine_detection is not None and \
                 body.advanced_machine_detection.behavior is not None:
             machine = body.advanced_machine_detection.behavior
-        place_call = getattr(engine, "place_call", None)
-        if place_call is None:
-            raise ApiError(503, "Service Unavailable", "outbound calls are not available")
         call = OutboundCall(
             application_id=app_id,
             to=body.to[0],
@@ -431,7 +428,7 @@ class RestApi:
             machine_detection=machine,
         )
         try:
-            session: CallSession = await place_call(call)
+            session: CallSession = await engine.place_call(call)
         except ValueError as exc:
             raise bad_request(str(exc), "to", str(exc)) from None
         except AriError as exc:

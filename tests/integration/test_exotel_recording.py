@@ -113,7 +113,6 @@ async def test_dual_recording_has_each_party_on_its_own_channel(
         channels, rate, (caller, other) = decode(path)
         assert (channels, rate) == (2, 8000)
         # From the join to the agent's BYE (6 s after answering).
-        print("DUAL", duration(path), band_power(caller, 600)/band_power(caller, 1000), band_power(other, 1000)/band_power(other, 600), rms(caller), rms(other))
         assert 4.0 < duration(path) < 9.0, duration(path)
         # Channel 1 is what the caller said (600 Hz), channel 2 the agent (1000 Hz).
         assert band_power(caller, 600) > 20 * band_power(caller, 1000)
@@ -147,7 +146,6 @@ async def test_single_recording_is_one_mono_mix_kept_when_webhooks_fail(
         assert rms(mono) > 300
         # Both parties are in the mix.
         quiet = band_power(mono, 2500)
-        print("MONO", duration(path), band_power(mono, 600)/quiet, band_power(mono, 1000)/quiet, rms(mono))
         assert band_power(mono, 600) > 20 * quiet and band_power(mono, 1000) > 20 * quiet
 
 
@@ -170,7 +168,6 @@ async def test_recording_survives_the_caller_hanging_up(
         path = stored(service, record_events(webhooks, applet.number)[0]["recording_url"])
         channels, _, (caller, other) = decode(path)
         assert channels == 2
-        print("HUP", duration(path), band_power(caller, 600)/band_power(caller, 1000), band_power(other, 1000)/band_power(other, 600))
         assert 3.0 < duration(path) < 9.0, duration(path)
         assert band_power(caller, 600) > 20 * band_power(caller, 1000)
         assert band_power(other, 1000) > 20 * band_power(other, 600)
