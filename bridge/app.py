@@ -64,7 +64,13 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
         engine_cell[0].on_stasis_start(event)
 
     async def on_connected() -> None:
-        await engine_cell[0].reconcile()
+        # Calls first (resume or end what is in Stasis), then the agents' SIP devices, which
+        # a restarted Asterisk has forgotten (they live in its memory wizard).
+        try:
+            await engine_cell[0].reconcile()
+        except Exception:  # a bug there must not leave the devices unprovisioned
+            log.exception("reconcile.crashed")
+        await engine_cell[0].devices.provision()
 
     gateway = AriGateway(config.ari, on_stasis_start, on_connected)
     engine = CallEngine(config, gateway, webhooks, media, store, lambda: app[BASE_URL_KEY][0])

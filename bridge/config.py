@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -146,6 +147,8 @@ class RecordingsConfig(_Strict):
     )
 
 
+Codec = Literal["ulaw", "alaw"]
+DEFAULT_CODECS: tuple[Codec, ...] = ("ulaw", "alaw")
 #: PJSIP object ids and SIP user names: also used in ARI paths and ``sip:<name>`` contacts.
 DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
 
@@ -166,8 +169,8 @@ class DeviceConfig(_Strict):
     context: str = Field(
         "from-trunk", pattern=r"^[A-Za-z0-9_-]+$",
         description="dialplan context of calls the device places (from-trunk: to the bridge)")
-    codecs: list[Literal["ulaw", "alaw"]] = Field(default_factory=lambda: ["ulaw", "alaw"],
-                                                  min_length=1)
+    codecs: list[Codec] = Field(default_factory=lambda: list(DEFAULT_CODECS), min_length=1,
+                                description="offered in this order")
     nat: bool = Field(
         True, description="answer the device where its SIP and RTP come from "
                           "(rewrite_contact, rtp_symmetric, force_rport)")
@@ -177,6 +180,7 @@ class DeviceConfig(_Strict):
                     "device counts as on while its registration lasts)")
     transport: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]+$", description="pjsip.conf transport; default: any")
+    _secret: str = PrivateAttr("")
 
     @field_validator("password")
     @classmethod
@@ -200,15 +204,14 @@ class DeviceConfig(_Strict):
         if (self.password is None) == (self.password_env is None):
             raise ValueError(f"device {self.name!r}: set exactly one of password and "
                              "password_env")
-        if self.password_env is not None:
-            # Resolved once, at load: the frozen model then carries the secret itself.
-            secret = SecretStr(_environ(info)[self.password_env])
-            object.__setattr__(self, "password", secret)
+        # Resolved once, at load (a private attribute: dumping the model never shows it).
+        self._secret = (self.password.get_secret_value() if self.password is not None
+                        else _environ(info)[self.password_env or ""])
         return self
 
     def secret(self) -> str:
-        assert self.password is not None  # set by the validator
-        return self.password.get_secret_value()
+        """The digest password (from ``password`` or the ``password_env`` variable)."""
+        return self._secret
 
 
 def _environ(info: ValidationInfo) -> Mapping[str, str]:

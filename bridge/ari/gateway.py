@@ -531,6 +531,27 @@ class AriGateway:
             raise
         return dict(result) if isinstance(result, dict) else None
 
+    async def put_dynamic_config(self, config_class: str, object_type: str, object_id: str,
+                                 fields: dict[str, str]) -> None:
+        """Create or update a sorcery object at run time
+        (``PUT /asterisk/config/dynamic/{class}/{type}/{id}``): agents' PJSIP devices. The
+        object type needs a writable wizard (asterisk-config/sorcery.conf). Asterisk echoes
+        every field back, secrets included, so the answer is dropped here unread."""
+        await self.request(
+            "PUT", f"/asterisk/config/dynamic/{config_class}/{object_type}/{object_id}",
+            body={"fields": [{"attribute": k, "value": v} for k, v in fields.items()]},
+        )
+
+    async def delete_dynamic_config(self, config_class: str, object_type: str,
+                                    object_id: str) -> None:
+        """Delete a sorcery object created at run time; one that is already gone is fine."""
+        try:
+            await self.request(
+                "DELETE", f"/asterisk/config/dynamic/{config_class}/{object_type}/{object_id}")
+        except AriError as exc:
+            if exc.status != 404:
+                raise
+
     async def app_channel_ids(self) -> list[str]:
         """Channels currently in our Stasis application (what a restart must pick up)."""
         info = await self.request("GET", f"/applications/{self.app}")

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from bridge.agents import open_agent_store
+from bridge.agents.devices import DeviceProvisioner
 from bridge.agents.tracking import track_call
 from bridge.api.files import FileStore
 from bridge.ari.errors import AriError
@@ -78,6 +79,8 @@ class CallEngine:
         # Exotel Connect: agent busy leases and sticky agents (SQLite or Redis).
         self.agents = open_agent_store(config.agents.backend, config.agents_path(),
                                        config.agents.redis_url, config.agents.redis_prefix)
+        # Agents' SIP devices (agents.devices), created in Asterisk after every connect.
+        self.devices = DeviceProvisioner(gateway, config.agents.devices)
 
     # ------------------------------------------------------------------ helpers
     def application(self, app_id: str) -> ApplicationConfig:

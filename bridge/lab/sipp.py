@@ -24,10 +24,10 @@ PCAP_DIR = Path("/usr/share/sip-tester")
 _DTMF_FILES = {"*": "star", "#": "pound"}
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port that was free on 127.0.0.1 a moment ago (bind to 0, read, close)."""
+def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
+    """A port that was free on ``host`` a moment ago (bind to 0, read, close)."""
     with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -539,6 +539,133 @@ class Agent:
                     return
             await asyncio.sleep(0.02)
         raise RuntimeError(f"sipp agent did not start on port {self.port}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()  # our own child, by PID
+            await self._proc.wait()
+        if self.receiver is not None:
+            self.receiver.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+# ------------------------------------------------------------- registered devices (UAS)
+_REGISTER = """
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:{user}@[remote_ip]:[remote_port]>;tag=[pid]reg[call_number]
+      To: <sip:{user}@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: {cseq} REGISTER
+      Contact: <sip:{user}@[local_ip]:[local_port]>
+      Expires: {expires}
+      {auth}
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+def register_scenario(user: str, password: str, expires_s: int = 600,
+                      hold_ms: int = 3_600_000) -> str:
+    """A device registering ``user``: REGISTER, the 401 challenge, REGISTER with digest
+    credentials, 200; then it stays up for ``hold_ms`` (its INVITEs are answered by the
+    out-of-call scenario, see :class:`Device`). A refused registration (401/403 again) ends
+    the scenario with an error."""
+    for value, what in ((user, "user"), (password, "password")):
+        if not value or re.search(r"[\s\]\[<>&]", value):
+            raise ValueError(f"sipp cannot send this {what} (spaces, brackets, <, >, &)")
+    parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="register">',
+             _REGISTER.format(user=user, cseq=1, expires=expires_s, auth=""),
+             '  <recv response="401" auth="true"/>',
+             _REGISTER.format(user=user, cseq=2, expires=expires_s,
+                              auth=f"[authentication username={user} password={password}]"),
+             '  <recv response="200"/>',
+             f'  <pause milliseconds="{hold_ms}"/>',
+             "</scenario>"]
+    return "\n".join(parts)
+
+
+class Device:
+    """An agent's SIP phone (sipp): registers ``name`` with its password to Asterisk, then
+    answers INVITEs like :class:`Agent` (``status``, ``ring_ms``, ...) for as long as the
+    ``async with`` lasts; ``receiver`` holds the RTP that reached it.
+
+    It sends from ``address``, a loopback address other than 127.0.0.1: requests from the
+    trunk's addresses (pjsip.conf ``[trunk-in-identify]``) are the trunk's, never a device's.
+    """
+
+    def __init__(self, registrar: tuple[str, int], name: str, password: str,
+                 status: int = 200, ring_ms: int = 0, hangup_after_ms: int | None = None,
+                 audio: Path | None = None, address: str = "127.0.0.2",
+                 expires_s: int = 600) -> None:
+        self.registrar = registrar
+        self.name = name
+        self.address = address
+        self.scenario = register_scenario(name, password, expires_s)
+        self.status = status
+        self.ring_ms = ring_ms
+        self.hangup_after_ms = hangup_after_ms
+        self.audio = audio
+        self.port = free_port(host=address)
+        self.receiver: RtpReceiver | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def messages(self) -> str:
+        return _read(Path(self._tmp.name) / "messages.log") if self._tmp else ""
+
+    def register_statuses(self) -> list[int]:
+        """Final statuses Asterisk answered this device's REGISTERs with, in order."""
+        return [int(code) for code in re.findall(
+            r"message received[^\n]*\n+\s*SIP/2\.0 (\d{3})[^\n]*\n(?:[^\n]+\n)*?"
+            r"\s*CSeq: *\d+ REGISTER", self.messages)]
+
+    def invites(self) -> int:
+        """INVITEs this device received."""
+        return len(re.findall(r"message received[^\n]*\n+\s*INVITE ", self.messages))
+
+    @property
+    def exited(self) -> bool:
+        """sipp has stopped (a refused registration ends it)."""
+        return self._proc is not None and self._proc.returncode is not None
+
+    async def wait_registration(self, timeout_s: float = 10.0) -> int:
+        """The status that ended the registration: 200, or the refusal after the credentials
+        were sent (401/403). Polls sipp's message log until then (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            statuses = self.register_statuses()
+            if 200 in statuses:
+                return 200
+            if len(statuses) >= 2:  # the challenge, then the answer to the credentials
+                return statuses[1]
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"device {self.name}: no answer to REGISTER in {timeout_s} s "
+                           f"(statuses {self.register_statuses()})")
+
+    async def __aenter__(self) -> Device:
+        self.receiver = await RtpReceiver.open(self.address)
+        self._tmp = tempfile.TemporaryDirectory(prefix="ari-bridge-device-")
+        workdir = Path(self._tmp.name)
+        (workdir / "register.xml").write_text(self.scenario)
+        (workdir / "answer.xml").write_text(
+            uas_scenario(self.status, self.receiver.port, self.ring_ms, self.hangup_after_ms,
+                         self.audio))
+        host, port = self.registrar
+        self._proc = await asyncio.create_subprocess_exec(
+            sipp_binary(), f"{host}:{port}", "-sf", "register.xml", "-oocsf", "answer.xml",
+            "-m", "1", "-i", self.address, "-p", str(self.port),
+            "-mp", str(free_media_port()), "-nostdin", "-trace_msg",
+            "-message_file", "messages.log",
+            cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.returncode is None:

@@ -161,7 +161,7 @@ def test_shipped_defaults_are_the_documented_ones() -> None:
     pjsip = parse_conf((CONFIG / "pjsip.conf").read_text())
     assert pjsip["transport-udp"]["bind"] == ["0.0.0.0:5060"]
     assert pjsip["trunk-in"]["rtp_symmetric"] == ["no"]
-    assert pjsip["trunk-in-identify"]["match"] == ["127.0.0.0/8"]
+    assert pjsip["trunk-in-identify"]["match"] == ["127.0.0.1"]
     assert "trunk-out" in pjsip and not any(
         v.get("endpoint") == ["trunk-out"] for v in pjsip.values()
     )
