@@ -334,7 +334,7 @@ class RestApi:
         except MediaError as exc:
             raise ApiError(500, "Internal Server Error", f"speech synthesis failed: {exc}"
                            ) from None
-        uri = f"sound:{self.engine.public_url()}/media/{item.media_id}.wav"
+        uri = self.engine.media_uri(item.media_id)
         self._start_playback(session, "talk", uri, body.loop, item.duration_s)
         return self._message("Talk started", session.uuid)
 
@@ -353,7 +353,7 @@ class RestApi:
         except MediaError as exc:
             reason = f"cannot play {url}: {exc.cause}"
             raise bad_request(reason, "stream_url", reason) from None
-        uri = f"sound:{self.engine.public_url()}/media/{item.media_id}.wav"
+        uri = self.engine.media_uri(item.media_id)
         self._start_playback(session, "stream", uri, body.loop, item.duration_s)
         return self._message("Stream started", session.uuid)
 

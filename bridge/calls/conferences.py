@@ -190,7 +190,7 @@ class Room:
         except MediaError as exc:
             call.error(f"conversation: cannot play musicOnHoldUrl {url}: {exc.cause}")
             return
-        self.music_uri = f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"
+        self.music_uri = call.engine.media_uri(item.media_id)
         self.music_s = item.duration_s
         await self._play_music()
 

@@ -89,6 +89,11 @@ class CallEngine:
             raise KeyError(f"unknown application {app_id!r}")
         return app
 
+    def media_uri(self, media_id: str) -> str:
+        """What Asterisk plays for a file of our media store: fetched from our HTTP server
+        through its media cache (no shared filesystem)."""
+        return f"sound:{self.public_url()}/media/{media_id}.wav"
+
     def timeouts(self, app: ApplicationConfig, event: bool) -> Timeouts:
         read = app.timeouts.event_read_ms if event else app.timeouts.answer_read_ms
         return Timeouts(connect_ms=app.timeouts.connect_ms, read_ms=read)

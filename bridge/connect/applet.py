@@ -449,7 +449,7 @@ class AppletRun:
                 self._hold_moh = True
             elif params.moh_type == "custom_tone" and params.moh_url:
                 item = await self.call.media.fetch(params.moh_url)
-                uri = f"sound:{self.engine.public_url()}/media/{item.media_id}.wav"
+                uri = self.engine.media_uri(item.media_id)
                 self._hold_task = asyncio.ensure_future(self._loop_media(uri, item.duration_s))
             else:
                 # operator_tone, or nothing asked: the ringback an operator plays.
@@ -515,7 +515,7 @@ class AppletRun:
 
         leg.listeners.append(on_event)
         try:
-            uri = f"sound:{self.engine.public_url()}/media/{item.media_id}.wav"
+            uri = self.engine.media_uri(item.media_id)
             await self.call.gateway.play(leg.channel_id, [uri], playback_id)
             waits = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(leg.ended.wait()),
                      asyncio.ensure_future(self.call.gone.wait())]

@@ -18,6 +18,7 @@ from bridge.calls.session import WaitOutcome
 
 if TYPE_CHECKING:
     from bridge.calls.session import CallSession
+    from bridge.media import MediaItem
 
 #: Seconds allowed beyond the media's own length before a playback counts as stuck.
 MARGIN_S = 15.0
@@ -31,6 +32,21 @@ class PlayResult(enum.Enum):
     FAILED = "failed"  # Asterisk could not play the media
     HANGUP = "hangup"
     TIMEOUT = "timeout"
+
+
+async def play_item(
+    call: CallSession, item: MediaItem, loop: int, barge_in: bool, what: str
+) -> None:
+    """Play a media-store file the way talk and stream do: to the end, or, with bargeIn,
+    beside the rest of the NCCO (asynchronous by the reference) until a key stops it.
+    A playback Asterisk could not do becomes an error event naming ``what``."""
+    uri = call.engine.media_uri(item.media_id)
+    if barge_in:
+        call.spawn(play(call, uri, loop, item.duration_s, True), what)
+        return
+    result = await play(call, uri, loop, item.duration_s, False)
+    if result in (PlayResult.FAILED, PlayResult.TIMEOUT):
+        call.error(f"{what}: Asterisk could not play it ({result.value})")
 
 
 async def play(

@@ -189,7 +189,7 @@ async def _start_ringback(call: CallSession, url: str | None) -> str | None:
             item = await call.media.fetch(url)
             # Repeated in one playback (stopped when the callee answers): ten copies keep the
             # request short and cover most ringing; after that the caller hears silence.
-            media = [f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"] * 10
+            media = [call.engine.media_uri(item.media_id)] * 10
             await call.ensure_answered()
         except MediaError as exc:
             call.error(f"connect: ringbackTone {url} cannot be played: {exc.cause}; "
@@ -365,7 +365,7 @@ async def _on_answer(call: CallSession, leg: Leg, url: str, events: LegEvents) -
         except (MediaError, ValueError) as exc:
             call.error(f"connect: onAnswer [{index}]: {exc}")
             continue
-        uri = f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"
+        uri = call.engine.media_uri(item.media_id)
         loops = max(getattr(step, "loop", 1), 1)
         await _play_to_leg(call, leg, [uri] * loops, item.duration_s * loops)
 

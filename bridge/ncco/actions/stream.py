@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.media import MediaError
-from bridge.ncco.actions._playback import PlayResult, play
+from bridge.ncco.actions._playback import play_item
 from bridge.ncco.models import Action, Stream
 
 if TYPE_CHECKING:
@@ -23,11 +23,5 @@ async def run(call: CallSession, action: Stream) -> list[Action] | None:
     except MediaError as exc:
         call.error(f"stream: cannot play {url}: {exc.cause}")
         return None
-    uri = f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"
-    if action.barge_in:
-        call.spawn(play(call, uri, action.loop, item.duration_s, True), "stream")
-        return None
-    result = await play(call, uri, action.loop, item.duration_s, False)
-    if result in (PlayResult.FAILED, PlayResult.TIMEOUT):
-        call.error(f"stream: Asterisk could not play {url} ({result.value})")
+    await play_item(call, item, action.loop, action.barge_in, f"stream {url}")
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.media import MediaError, resolve_voice
-from bridge.ncco.actions._playback import PlayResult, play
+from bridge.ncco.actions._playback import play_item
 from bridge.ncco.models import Action, NccoError, Talk
 
 if TYPE_CHECKING:
@@ -31,13 +31,5 @@ async def run(call: CallSession, action: Talk) -> list[Action] | None:
     except MediaError as exc:
         call.error(f"talk: speech synthesis failed: {exc}")
         return None
-    uri = f"sound:{call.engine.public_url()}/media/{item.media_id}.wav"
-    if action.barge_in:
-        # Asynchronous by the reference: the next action (input) starts while this plays,
-        # and a key press stops the prompt.
-        call.spawn(play(call, uri, action.loop, item.duration_s, True), "talk")
-        return None
-    result = await play(call, uri, action.loop, item.duration_s, False)
-    if result in (PlayResult.FAILED, PlayResult.TIMEOUT):
-        call.error(f"talk: Asterisk could not play the speech ({result.value})")
+    await play_item(call, item, action.loop, action.barge_in, "talk")
     return None
