@@ -522,3 +522,27 @@ async def test_outgoing_phone_number_must_be_ours(exotel, applet_app, lab):
         assert len(froms) == 2
         assert froms[0] == applet.number  # not one of ours: the number the call came in on
         assert froms[-1] == "15557770000"
+
+
+async def test_agent_on_an_ncco_connect_call_is_busy_for_the_applet(
+        exotel, applet_app, lab, webhooks):
+    """An agent is busy while on any call through the bridge, NCCO connect legs included."""
+    applet = new_applet(applet_app)
+    async with Agent(200, hangup_after_ms=6000) as agent:
+        applet_app.script(applet.primary, dest("+4432001", state_management=True,
+                                               max_ringing_duration=3))
+        await exotel({"4432001": agent.port}, {applet.number: applet.config()})
+        vonage_number = new_number()
+        webhooks.answer(vonage_number, [{"action": "connect", "endpoint": [
+            {"type": "phone", "number": "+4432001"}]}])
+        first = asyncio.ensure_future(call(lab, vonage_number))
+        await webhooks.wait_for(lambda: any(
+            (e.json or {}).get("status") == "answered" and e.json.get("to") == "+4432001"
+            for e in webhooks.of("/event")))
+
+        second = await call(lab, applet.number)
+
+        assert second.sip.ok, second.sip.errors
+        await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_dialled"])
+        assert agent.invites() == 1  # only the NCCO call reached the agent
+        assert (await first).sip.ok

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from bridge.agents.tracking import track_call
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
 from bridge.calls import events as ev
@@ -216,6 +217,11 @@ async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEve
     gateway = call.gateway
     bridge_id = new_id()
     answered = datetime.now(UTC)
+    agents = call.engine.config.agents
+    if agents.track_all_calls:
+        # The callee is an agent on a call through the bridge: busy for Connect applets.
+        call.spawn(track_call(call.engine.agents, leg.target.to, f"leg:{leg.uuid}",
+                              agents.lease_s, leg.ended), "busy-tracking")
     try:
         if action.machine_detection is not None:
             verdict = await detect_machine(gateway, leg)
