@@ -155,7 +155,6 @@ class Dialer:
         targets: list[DialTarget],
         ring_timeout_s: int,
         on_status: Callable[[Leg, str], None],
-        caller_channel: str | None = None,
     ) -> tuple[Leg | None, list[Leg]]:
         """Ring ``targets`` together; return the leg that answered (if any) and all legs.
 
@@ -164,7 +163,7 @@ class Dialer:
                 for target in targets]
         winner: Leg | None = None
         try:
-            await asyncio.gather(*(self._start(leg, ring_timeout_s, caller_channel)
+            await asyncio.gather(*(self._start(leg, ring_timeout_s)
                                    for leg in legs))
             pending = {asyncio.ensure_future(leg.settled.wait()): leg for leg in legs}
             deadline = time.monotonic() + ring_timeout_s + GUARD_S
@@ -186,7 +185,7 @@ class Dialer:
             if losers:
                 await asyncio.shield(self._hang_up_losers(losers))
 
-    async def _start(self, leg: Leg, ring_timeout_s: int, caller_channel: str | None) -> None:
+    async def _start(self, leg: Leg, ring_timeout_s: int) -> None:
         self.gateway.route(f"channel:{leg.channel_id}", leg.on_event)
         variables: dict[str, str] = {}
         if leg.target.caller_id:

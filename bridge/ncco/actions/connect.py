@@ -147,7 +147,7 @@ async def run(call: CallSession, action: Connect) -> list[Action] | None:
     ringback = await _start_ringback(call, _ringback_url(action))
     try:
         winner, legs = await call.engine.dialer.dial(
-            [target], action.timeout, on_status, caller_channel=call.channel_id)
+            [target], action.timeout, on_status)
     finally:
         await _stop_ringback(call, ringback)
     leg = legs[0]
