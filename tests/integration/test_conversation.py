@@ -190,3 +190,109 @@ async def until(predicate: Callable[[], bool], message: str, timeout: float = 20
         if time.monotonic() > deadline:
             raise AssertionError(message)
         await asyncio.sleep(0.1)
+
+
+async def test_can_speak_and_can_hear_give_each_listener_its_own_mix(
+        bridge, webhooks, lab, voices):
+    """b has no lists; a canHear only b; c canSpeak only to a. Pair by pair (listener hears
+    speaker when the speaker is in the listener's canHear and the listener in the speaker's
+    canSpeak, an absent list allowing everyone):
+
+    * a hears b (b is in a's canHear), not c (c is not in a's canHear, although c may speak
+      to a);
+    * b hears a, not c (b is not in c's canSpeak);
+    * c hears a and b (c has no canHear; a and b have no canSpeak).
+
+    So nobody hears c. The room is recorded (b's ``record``): everything said in it."""
+    room = f"room-{new_number()}"
+    numbers = {who: new_number() for who in FREQS}
+    hook = webhooks.hook(f"room-rec-{room}", {})
+    steps = {who: [Pause(4000), Audio(voices[who]), Pause(5500), HangUp()] for who in FREQS}
+
+    # The lists name legs, so each caller's NCCO is written once the legs it names exist.
+    webhooks.answer(numbers["b"], [room_action(room, record=True, eventUrl=[hook])])
+    calls = {"b": await LiveCall(lab, numbers["b"], steps["b"]).start()}
+    leg = {"b": (await wait_joined(webhooks, numbers["b"]))["uuid"]}
+    webhooks.answer(numbers["a"], [room_action(room, canHear=[leg["b"]])])
+    calls["a"] = await LiveCall(lab, numbers["a"], steps["a"]).start()
+    leg["a"] = (await wait_joined(webhooks, numbers["a"]))["uuid"]
+    webhooks.answer(numbers["c"], [room_action(room, canSpeak=[leg["a"]])])
+    calls["c"] = await LiveCall(lab, numbers["c"], steps["c"]).start()
+    leg["c"] = (await wait_joined(webhooks, numbers["c"]))["uuid"]
+    results = {who: await call.result() for who, call in calls.items()}
+
+    for who, result in results.items():
+        assert result.ok, f"{who}: {result.errors}"
+    a, b, c = calls["a"], calls["b"], calls["c"]
+    heard = {(who, other): calls[who].hears(hz) for who in FREQS
+             for other, hz in FREQS.items()}
+    loud = max(heard.values())
+    allowed = {("a", "b"), ("b", "a"), ("c", "a"), ("c", "b")}
+    for pair, power in heard.items():
+        if pair in allowed:
+            assert power > loud / 20, f"{pair[0]} should hear {pair[1]}: {heard}"
+        else:  # not allowed, or oneself: nothing of it
+            assert power < loud / 400, f"{pair[0]} should not hear {pair[1]}: {heard}"
+    assert a.hears(1000) > 20 * a.hears(1400) and b.hears(600) > 20 * b.hears(1400)
+    assert c.hears(600) > 20 * c.hears(1400) and c.hears(1000) > 20 * c.hears(1400)
+    for number in numbers.values():
+        await webhooks.wait_completed(number)
+        assert not webhooks.errors(number)
+    # The recording has everything said in the room, c included.
+    await webhooks.wait_for(lambda: any("recording_url" in r.json for r in webhooks.of(
+        f"/hook/room-rec-{room}")), timeout=30)
+    event = next(r.json for r in webhooks.of(f"/hook/room-rec-{room}")
+                 if "recording_url" in r.json)
+    _, _, (mix,) = decode(stored_file(bridge, event))
+    powers = [band_power(mix, hz) for hz in FREQS.values()]
+    assert min(powers) > max(powers) / 20, powers
+
+
+async def test_a_matrix_room_is_capped(bridge, webhooks, lab, monkeypatch):
+    monkeypatch.setattr(conferences, "MAX_MATRIX_PARTICIPANTS", 1)
+    room = f"room-{new_number()}"
+    inside, late = new_number(), new_number()
+    webhooks.answer(inside, [room_action(room)])
+    webhooks.answer(late, [room_action(room, canHear=[])])
+
+    first = await LiveCall(lab, inside, [Pause(8000), HangUp()]).start()
+    await wait_joined(webhooks, inside)
+    second = await LiveCall(lab, late, []).start()
+
+    assert (await second.result()).ok
+    assert (await first.result()).ok
+    await webhooks.wait_completed(late)
+    assert any("canSpeak/canHear" in reason and "1 participants" in reason
+               for reason in webhooks.errors(late))
+    assert not joined(webhooks, late)
+
+
+async def test_hold_music_and_end_on_exit_in_a_matrix_room(bridge, webhooks, lab, voices):
+    """A waiting member who may hear nobody (canHear: []) still hears the hold music, on its
+    listener bridge; the moderator's arrival stops it, the moderator is not heard, and the
+    moderator's endOnExit hangs the member up."""
+    room = f"room-{new_number()}"
+    waiting, moderator = new_number(), new_number()
+    music = f"{webhooks.url}/audio/tone.wav"  # 440 Hz
+    webhooks.answer(waiting, [room_action(room, startOnEnter=False, canHear=[],
+                                          musicOnHoldUrl=[music])])
+    webhooks.answer(moderator, [room_action(room, startOnEnter=True, endOnExit=True)])
+
+    first = await LiveCall(lab, waiting, []).start()
+    await wait_joined(webhooks, waiting)
+    await until(lambda: first.hears(440) > 1e9, "the waiting caller never heard the music")
+    music_power = first.hears(440)
+    boss = await LiveCall(lab, moderator, [Pause(2000), Audio(voices["b"]), Pause(2000),
+                                           HangUp()]).start()
+    await wait_joined(webhooks, moderator)  # the music was stopped before this event
+    started_at = time.monotonic()
+
+    results = [await first.result(), await boss.result()]
+
+    for result in results:
+        assert result.ok, result.errors
+    for number in (waiting, moderator):
+        await webhooks.wait_completed(number)
+        assert not webhooks.errors(number)
+    assert first.hears(440, since=started_at + 1) < music_power / 100
+    assert first.hears(1000) < music_power / 100

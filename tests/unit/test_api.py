@@ -156,6 +156,9 @@ class FakeEngine:
     def public_url(self) -> str:
         return "http://127.0.0.1:1"
 
+    def media_uri(self, media_id: str) -> str:
+        return f"sound:{self.public_url()}/media/{media_id}.wav"
+
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], FakeEngine]]:

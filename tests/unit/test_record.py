@@ -3,6 +3,7 @@ sox), retention, which record actions hold the NCCO, and the conversation audio 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from bridge.api.files import FileStore
-from bridge.calls.conferences import ConferenceRegistry, Member, Room
+from bridge.calls import conferences
+from bridge.calls.conferences import ConferenceRegistry, Member, Room, RoomFull, may_hear
 from bridge.media.recordings import RecordingService, combine
 from bridge.ncco.actions.record import is_synchronous
 from bridge.ncco.models import Conversation, Record, parse_ncco
@@ -105,8 +107,19 @@ def test_which_record_actions_hold_the_ncco(extra: dict[str, Any], synchronous: 
 
 # ------------------------------------------------------------------ conversation matrix
 class FakeGateway:
+    """Records what the room asks of Asterisk; a snoop enters Stasis at once."""
+
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str]] = []
+        self.calls: list[tuple[str, ...]] = []
+        self.routes: dict[str, Any] = {}
+        self.snoops: dict[str, tuple[str, str]] = {}  # snoop id -> (spied channel, spy)
+        self.bridges: dict[str, set[str]] = {}
+
+    def route(self, key: str, handler: Any) -> None:
+        self.routes[key] = handler
+
+    def unroute(self, key: str) -> None:
+        self.routes.pop(key, None)
 
     async def mute(self, channel_id: str, direction: str) -> None:
         self.calls.append(("mute", channel_id, direction))
@@ -114,42 +127,110 @@ class FakeGateway:
     async def unmute(self, channel_id: str, direction: str) -> None:
         self.calls.append(("unmute", channel_id, direction))
 
-    def route(self, *_: Any) -> None: ...
+    async def create_bridge(self, bridge_id: str, kind: str = "mixing", name: str = "") -> None:
+        self.bridges[bridge_id] = set()
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        self.bridges.pop(bridge_id, None)
+
+    async def add_to_bridge(self, bridge_id: str, channel_id: str) -> None:
+        for members in self.bridges.values():
+            assert channel_id not in members, "a channel is in one bridge at a time"
+        self.bridges[bridge_id].add(channel_id)
+
+    async def remove_from_bridge(self, bridge_id: str, channel_id: str) -> None:
+        self.bridges[bridge_id].discard(channel_id)
+
+    async def snoop(self, channel_id: str, snoop_id: str, spy: str, app_args: list[str]) -> None:
+        self.snoops[snoop_id] = (channel_id, spy)
+        self.routes[f"channel:{snoop_id}"]({"type": "StasisStart"})
+
+    async def hangup(self, channel_id: str) -> None:
+        self.snoops.pop(channel_id, None)
+        for members in self.bridges.values():
+            members.discard(channel_id)
+
+    def hearing(self) -> set[tuple[str, str]]:
+        """(listener channel, spied channel) for every listener bridge."""
+        out = set()
+        for members in self.bridges.values():
+            listeners = [c for c in members if c not in self.snoops]
+            for listener in listeners:
+                out |= {(listener, self.snoops[s][0]) for s in members if s in self.snoops}
+        return out
 
 
 def member(uuid: str, **fields: Any) -> Member:
-    call = SimpleNamespace(uuid=uuid, channel_id=f"chan-{uuid}")
+    call = SimpleNamespace(uuid=uuid, channel_id=f"chan-{uuid}", gone=asyncio.Event(),
+                           app=SimpleNamespace(id="main"))
     return Member(call, Conversation(action="conversation", name="r", **fields))  # type: ignore[arg-type]
 
 
-async def test_matrix_is_privacy_first_and_follows_the_membership() -> None:
+def test_may_hear_needs_both_lists_to_allow_the_pair() -> None:
+    a, b = member("a", canHear=["b"]), member("b")
+    c = member("c", canSpeak=["a"])
+    hears = {(x.leg, y.leg) for x in (a, b, c) for y in (a, b, c) if may_hear(x, y)}
+    assert hears == {("a", "b"), ("b", "a"), ("c", "a"), ("c", "b")}
+    assert not may_hear(b, member("quiet", mute=True))
+
+
+async def test_a_plain_room_is_one_bridge_and_mute_is_a_channel_mute() -> None:
     gateway = FakeGateway()
     room = Room(ConferenceRegistry(gateway), "main", "r")  # type: ignore[arg-type]
-    agent, customer = member("agent"), member("customer")
-    coach = member("coach", canSpeak=["agent"], canHear=["agent", "customer"])
-    quiet = member("quiet", mute=True)
-    for m in (agent, coach):
+    await room.open()
+    for m in (member("a"), member("quiet", mute=True)):
         room.members[m.leg] = m
-    await room._apply_matrix()
-    assert gateway.calls == []  # two members: the coach may speak to everyone present
-    room.members[customer.leg] = customer
-    await room._apply_matrix()
-    assert gateway.calls == [("mute", "chan-coach", "in")]  # the customer must not hear
-    del room.members[customer.leg]
-    room.members[quiet.leg] = quiet
-    gateway.calls.clear()
-    await room._apply_matrix()
-    # 'quiet' is not in the coach's lists: still not heard by the room, and now deaf too.
-    assert ("mute", "chan-quiet", "in") in gateway.calls
-    assert ("mute", "chan-coach", "out") in gateway.calls
-    assert ("unmute", "chan-coach", "in") not in gateway.calls
+        await room.admit(m)
+    assert gateway.bridges == {room.bridge_id: {"chan-a", "chan-quiet"}}
+    assert gateway.calls == [("mute", "chan-quiet", "in")]
+    assert not gateway.snoops
 
 
-async def test_empty_lists_mute_that_direction() -> None:
+async def test_a_matrix_room_feeds_each_listener_and_follows_the_membership() -> None:
     gateway = FakeGateway()
-    room = Room(ConferenceRegistry(gateway), "main", "r")  # type: ignore[arg-type]
-    alone = member("alone", canSpeak=[], canHear=[])
-    other = member("other")
-    room.members.update({alone.leg: alone, other.leg: other})
-    await room._apply_matrix()
-    assert set(gateway.calls) == {("mute", "chan-alone", "in"), ("mute", "chan-alone", "out")}
+    registry = ConferenceRegistry(gateway)  # type: ignore[arg-type]
+    b = member("b")
+    room, _ = await registry.join(b.call, b.action)  # type: ignore[arg-type]
+    assert not room.matrix and gateway.bridges[room.bridge_id] == {"chan-b"}
+    a = member("a", canHear=["b"])
+    await registry.join(a.call, a.action)  # type: ignore[arg-type]
+    assert room.matrix
+    assert gateway.bridges[room.bridge_id] == set()  # b moved to its own listener bridge
+    assert gateway.hearing() == {("chan-a", "chan-b"), ("chan-b", "chan-a")}
+    assert {spy for _, spy in gateway.snoops.values()} == {"in"}
+    c = member("c", canSpeak=["a"])
+    await registry.join(c.call, c.action)  # type: ignore[arg-type]
+    assert gateway.hearing() == {("chan-a", "chan-b"), ("chan-b", "chan-a"),
+                                 ("chan-c", "chan-a"), ("chan-c", "chan-b")}
+    await room.leave(room.members["a"])
+    assert gateway.hearing() == {("chan-c", "chan-b")}
+    assert len(gateway.snoops) == 1  # a's snoops were hung up
+    for leg in list(room.members):
+        await room.leave(room.members[leg])
+    assert not gateway.snoops and not gateway.bridges and not gateway.routes
+
+
+async def test_a_matrix_room_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conferences, "MAX_MATRIX_PARTICIPANTS", 2)
+    registry = ConferenceRegistry(FakeGateway())  # type: ignore[arg-type]
+    for m in (member("a"), member("b")):
+        await registry.join(m.call, m.action)  # type: ignore[arg-type]
+    coach = member("coach", canSpeak=["a"])
+    with pytest.raises(RoomFull, match=r"canSpeak/canHear.*2 participants"):
+        await registry.join(coach.call, coach.action)  # type: ignore[arg-type]
+    third = member("c")  # a plain room keeps the larger cap
+    await registry.join(third.call, third.action)  # type: ignore[arg-type]
+
+
+async def test_a_muted_member_is_unmuted_when_the_room_becomes_a_matrix() -> None:
+    gateway = FakeGateway()
+    registry = ConferenceRegistry(gateway)  # type: ignore[arg-type]
+    quiet, other = member("quiet", mute=True), member("other")
+    await registry.join(quiet.call, quiet.action)  # type: ignore[arg-type]
+    await registry.join(other.call, other.action)  # type: ignore[arg-type]
+    coach = member("coach", canHear=["quiet", "other"])
+    await registry.join(coach.call, coach.action)  # type: ignore[arg-type]
+    assert gateway.calls == [("mute", "chan-quiet", "in"), ("unmute", "chan-quiet", "in")]
+    # Muted means heard by nobody: no snoop on it.
+    assert gateway.hearing() == {("chan-coach", "chan-other"), ("chan-other", "chan-coach"),
+                                 ("chan-quiet", "chan-other"), ("chan-quiet", "chan-coach")}

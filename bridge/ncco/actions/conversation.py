@@ -3,7 +3,9 @@ the audio matrix and what Asterisk's mixing bridge allows).
 
 Synchronous: the NCCO goes on when the caller leaves the room, which only happens when the
 call ends or the room is ended by a member with ``endOnExit`` (every member is hung up). A
-caller who finds the room full (50 members) gets an error event and the NCCO goes on.
+caller who finds the room full (50 members; 10 in a room where anyone uses ``canSpeak`` or
+``canHear``, each listener having its own bridge fed by snoops) gets an error event and the
+NCCO goes on.
 
 Events: joining sends Vonage's ``transfer`` event (the leg moves from its own conversation to
 the room's: ``conversation_uuid_from``/``conversation_uuid_to``) to the action's eventUrl, or
