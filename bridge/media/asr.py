@@ -238,7 +238,9 @@ class PocketsphinxAsr:
             return raw
         try:
             proc = subprocess.run(
-                [self._sox, "-q", "-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16",
+                # -D: no dither (sox's default adds random noise; a recording must give the
+                # same hypotheses every time).
+                [self._sox, "-q", "-D", "-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16",
                  "-c", "1", "-L", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16",
                  "-c", "1", "-L", "-"],
                 input=raw, capture_output=True, timeout=self._timeout_s, check=False,
