@@ -84,7 +84,6 @@ def test_bridge_image_runs_serve() -> None:
     assert '"serve", "--config", "/etc/ari-bridge/config.yaml"' in text
 
 
-@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
 def test_entrypoint_sets_password_and_app(tmp_path: Path) -> None:
     script = (DOCKER / "asterisk-entrypoint.sh").read_text()
     func = re.search(r"^set_key\(\) \{.*?^\}", script, re.S | re.M)

@@ -36,10 +36,13 @@ from bridge.media import (
 )
 from bridge.media.voices import VOICE_NAMES, espeak_voice_ids
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("espeak-ng", "sox", "ffmpeg")),
-    reason="needs espeak-ng, sox and ffmpeg",
-)
+
+@pytest.fixture(autouse=True)
+def _needs_media_tools() -> None:
+    # ./run test installs them; a missing tool fails loudly instead of skipping.
+    missing = [t for t in ("espeak-ng", "sox", "ffmpeg") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"needs {', '.join(missing)} (apt-get install espeak-ng sox ffmpeg)")
 
 EN_US_F = Voice("en-US", "female", 0)
 SHORT = "Hello."
