@@ -78,6 +78,21 @@ class Audio:
 
 Step = Pause | Dtmf | HangUp | Audio
 
+#: The audio offer/answer of our callers and agents: PCMU plus RFC 4733 events, media sent to
+#: the test's RTP receiver on {rtp_port}. Formatted into the scenarios below with ``user``.
+_SDP = """      v=0
+      o={user} 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio {rtp_port} RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-16
+      a=sendrecv
+"""
+
+
 _INVITE = """
   <send retrans="500">
     <![CDATA[
@@ -92,17 +107,7 @@ _INVITE = """
       Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=caller 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio {rtp_port} RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-16
-      a=sendrecv
-    ]]>
+{sdp}    ]]>
   </send>
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
@@ -171,7 +176,8 @@ def uac_scenario(
     a step hangs up first."""
     caller = escape(caller)
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="caller">']
-    parts.append(_INVITE.format(caller=caller, rtp_port=rtp_port))
+    sdp = _SDP.format(user="caller", rtp_port=rtp_port)
+    parts.append(_INVITE.format(caller=caller, sdp=sdp))
     if expect_status != 200:
         parts.append(f'  <recv response="{expect_status}"/>')
         parts.append(_ACK.format(caller=caller).replace("[peer_tag_param]", "[peer_tag_param]"))
@@ -374,17 +380,7 @@ _UAS_200 = """
       Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=agent 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio {rtp_port} RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-16
-      a=sendrecv
-    ]]>
+{sdp}    ]]>
   </send>
   <recv request="ACK" rtd="true" crlf="true"/>
 """
@@ -468,7 +464,7 @@ def uas_scenario(
             if ring_ms:
                 parts.append(f'  <pause milliseconds="{ring_ms}"/>')
             if status == 200:
-                parts.append(_UAS_200.format(rtp_port=rtp_port))
+                parts.append(_UAS_200.format(sdp=_SDP.format(user="agent", rtp_port=rtp_port)))
                 if audio is not None:
                     parts.append(
                         f'  <nop><action><exec play_pcap_audio="{audio}"/></action></nop>'
