@@ -2,8 +2,12 @@
 
 from bridge.webhooks.client import (
     DEFAULT_MAX_BODY_BYTES,
+    FAILURE_REASONS,
+    JSON_NESTING_ERROR,
+    KINDS,
     RETRY_STATUSES,
     FallbackResult,
+    Kind,
     Method,
     ParseError,
     Timeouts,
@@ -12,6 +16,7 @@ from bridge.webhooks.client import (
     WebhookResponse,
     encode_body,
     encode_query,
+    is_json_media_type,
     redact_url,
 )
 from bridge.webhooks.outbox import EventOutbox
@@ -19,9 +24,13 @@ from bridge.webhooks.signing import Signer, encode_hs256, payload_hash
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "FAILURE_REASONS",
+    "JSON_NESTING_ERROR",
+    "KINDS",
     "RETRY_STATUSES",
     "EventOutbox",
     "FallbackResult",
+    "Kind",
     "Method",
     "ParseError",
     "Signer",
@@ -32,6 +41,7 @@ __all__ = [
     "encode_body",
     "encode_hs256",
     "encode_query",
+    "is_json_media_type",
     "payload_hash",
     "redact_url",
 ]

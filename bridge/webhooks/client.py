@@ -6,7 +6,9 @@ copies the Vonage Voice API delivery rules:
 * ``GET`` sends the data as query parameters (nested values JSON-encoded, ``None``
   values omitted); ``POST`` sends the data as a JSON body.
 * A request is retried **once** on connect timeout, read timeout, connection refused or
-  reset, and on HTTP 429, 503 and 504.  Any other 4xx/5xx is final.
+  reset, and on HTTP 429, 503 and 504.  Any other 4xx/5xx is final.  aiohttp's own
+  silent retry of idempotent requests on a dropped keep-alive connection is switched off,
+  so an application sees at most two requests, GET or POST.
 * Connect and read timeouts come from the application configuration (:class:`Timeouts`).
 * Response bodies are read streaming and capped (1 MiB by default).
 * :meth:`WebhookClient.send_with_fallback` re-sends a failed request (or one whose
@@ -18,6 +20,10 @@ copies the Vonage Voice API delivery rules:
 Each :meth:`WebhookClient.send` logs one line with the outcome (method, URL without
 query string, status, attempts, elapsed time, error).  Headers, bodies, secrets and
 tokens are never logged.
+
+Metrics: every request's total time (retry included) goes to ``WEBHOOK_SECONDS`` and
+every failed one to ``WEBHOOK_FAILURES``, labelled with the caller's ``kind`` (one of
+:data:`KINDS`) and a reason from :data:`FAILURE_REASONS`.
 """
 
 from __future__ import annotations
@@ -35,12 +41,17 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from bridge import metrics
 from bridge.webhooks.signing import Signer
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "FAILURE_REASONS",
+    "JSON_NESTING_ERROR",
+    "KINDS",
     "RETRY_STATUSES",
     "FallbackResult",
+    "Kind",
     "Method",
     "ParseError",
     "Timeouts",
@@ -50,6 +61,7 @@ __all__ = [
     "default_user_agent",
     "encode_body",
     "encode_query",
+    "is_json_media_type",
     "redact_url",
 ]
 
@@ -57,6 +69,23 @@ log = structlog.get_logger(__name__)
 
 Method = Literal["GET", "POST"]
 T = TypeVar("T")
+
+Kind = Literal["answer", "fallback", "event", "exotel"]
+KINDS: tuple[Kind, ...] = ("answer", "fallback", "event", "exotel")
+"""What a request is for, the ``kind`` label of the webhook metrics: ``answer`` (answer_url
+and other URLs that return a call's NCCO), ``fallback`` (fallback_answer_url, for any
+primary), ``event`` (event_url, NCCO eventUrl hooks such as notify and input), ``exotel``
+(the Connect applet's Primary/Fallback and transition URLs)."""
+
+FAILURE_REASONS = ("timeout", "reset", "connect", "status", "invalid_ncco", "invalid_response")
+"""The ``reason`` label of ``WEBHOOK_FAILURES``: ``timeout`` (connect or read), ``reset``
+(the connection dropped), ``connect`` (refused, DNS, TLS), ``status`` (a non-2xx answer),
+``invalid_ncco`` (the caller's parser rejected the body), ``invalid_response`` (anything
+else: body over the cap, truncated body, unusable URL)."""
+
+JSON_NESTING_ERROR = "JSON is nested too deeply"
+"""The cause given when a JSON document nests deeper than the parser can follow (e.g. a
+body of 100,000 ``[``): Python's decoder raises RecursionError, never a JSONDecodeError."""
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Default response body cap in bytes (1 MiB)."""
@@ -163,6 +192,8 @@ class WebhookResponse:
             ) from None
         except UnicodeDecodeError as exc:
             raise ValueError(f"response body is not valid UTF-8 JSON: {exc.reason}") from None
+        except RecursionError:
+            raise ValueError(f"response body is not usable: {JSON_NESTING_ERROR}") from None
 
 
 class ParseError(Exception):
@@ -237,6 +268,28 @@ class _Attempt:
     retryable: bool
 
 
+def is_json_media_type(media_type: str | None) -> bool:
+    """True for ``application/json`` and structured ``+json`` types (parameters removed)."""
+    if media_type is None:
+        return False
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+def _failure_reason(error: str) -> str:
+    """The metric reason for a :attr:`WebhookResponse.error`."""
+    if error.endswith("timeout"):
+        return "timeout"
+    if error == "connection reset":
+        return "reset"
+    if error.startswith("http "):
+        return "status"
+    if error in ("connection refused", "dns lookup failed", "tls error", "connect error",
+                 "connection error"):
+        return "connect"
+    return "invalid_response"
+
+
 def _connector_error(exc: aiohttp.ClientConnectorError) -> tuple[str, bool]:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns lookup failed", False
@@ -291,6 +344,11 @@ class WebhookClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
+        # aiohttp silently sends an idempotent request (GET) a second time when a
+        # connection drops before the answer, under our own retry: an application that
+        # closes without answering would see four requests. Vonage's rule is one retry in
+        # all, and send() makes it. aiohttp has no public switch for this (3.9-3.14).
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         """Close the session and its pooled connections (idempotent)."""
@@ -316,11 +374,16 @@ class WebhookClient:
         return self._session
 
     async def send(
-        self, req: WebhookRequest, timeouts: Timeouts, signer: Signer | None = None
+        self,
+        req: WebhookRequest,
+        timeouts: Timeouts,
+        signer: Signer | None = None,
+        kind: Kind = "event",
     ) -> WebhookResponse:
         """Send ``req``, retrying once on a retryable failure; never raises for HTTP errors.
 
-        Raises :class:`RuntimeError` if the client is not started.
+        ``kind`` labels the metrics (see :data:`KINDS`).  Raises :class:`RuntimeError` if
+        the client is not started.
         """
         session = self._require_session()
         started = time.monotonic()
@@ -331,6 +394,10 @@ class WebhookClient:
             if not outcome.retryable or attempts >= 2:
                 break
         elapsed_ms = (time.monotonic() - started) * 1000.0
+        metrics.WEBHOOK_SECONDS.labels(kind=kind).observe(elapsed_ms / 1000.0)
+        if outcome.error is not None:
+            metrics.WEBHOOK_FAILURES.labels(
+                kind=kind, reason=_failure_reason(outcome.error)).inc()
         resp = WebhookResponse(
             request=req,
             status=outcome.status,
@@ -358,8 +425,12 @@ class WebhookClient:
         parse: Callable[[WebhookResponse], T],
         timeouts: Timeouts,
         signer: Signer | None = None,
+        kind: Kind = "event",
     ) -> FallbackResult[T]:
         """Send ``req``; if it fails or ``parse`` rejects it, try ``fallback_url``.
+
+        ``kind`` labels the primary request's metrics; the fallback request is labelled
+        ``fallback``.  A rejection by ``parse`` counts as an ``invalid_ncco`` failure.
 
         ``parse`` is called only for ok responses and raises :class:`ParseError` for
         invalid content (a :class:`ValueError`, e.g. from :meth:`WebhookResponse.json`,
@@ -367,8 +438,8 @@ class WebhookClient:
         retry.  The fallback request uses the same method and data plus ``reason`` and
         ``original_request`` (``{"url": ..., "method": ...}``).
         """
-        primary = await self.send(req, timeouts, signer)
-        value, reason = self._parse(primary, parse)
+        primary = await self.send(req, timeouts, signer, kind)
+        value, reason = self._parse(primary, parse, kind)
         if reason is None:
             return FallbackResult(value, "primary", primary, None, None, None)
         if not fallback_url:
@@ -378,8 +449,8 @@ class WebhookClient:
         data["reason"] = reason
         data["original_request"] = {"url": req.url, "method": req.method}
         fb_req = WebhookRequest(url=fallback_url, method=req.method, data=data)
-        fallback = await self.send(fb_req, timeouts, signer)
-        fb_value, fb_reason = self._parse(fallback, parse)
+        fallback = await self.send(fb_req, timeouts, signer, "fallback")
+        fb_value, fb_reason = self._parse(fallback, parse, "fallback")
         if fb_reason is None:
             return FallbackResult(fb_value, "fallback", primary, fallback, reason, None)
         error = f"primary: {reason}; fallback: {fb_reason}"
@@ -387,7 +458,7 @@ class WebhookClient:
 
     @staticmethod
     def _parse(
-        resp: WebhookResponse, parse: Callable[[WebhookResponse], T]
+        resp: WebhookResponse, parse: Callable[[WebhookResponse], T], kind: Kind
     ) -> tuple[T | None, str | None]:
         """``(value, None)`` when usable, else ``(None, reason)``."""
         if not resp.ok:
@@ -395,9 +466,14 @@ class WebhookClient:
         try:
             return parse(resp), None
         except ParseError as exc:
+            metrics.WEBHOOK_FAILURES.labels(kind=kind, reason="invalid_ncco").inc()
             return None, str(exc) or "invalid response"
         except ValueError as exc:
+            metrics.WEBHOOK_FAILURES.labels(kind=kind, reason="invalid_ncco").inc()
             return None, f"invalid response: {exc}"
+        except RecursionError:
+            metrics.WEBHOOK_FAILURES.labels(kind=kind, reason="invalid_ncco").inc()
+            return None, f"invalid response: {JSON_NESTING_ERROR}"
         except Exception as exc:
             log.exception(
                 "webhook response parser failed",
