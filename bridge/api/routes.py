@@ -33,8 +33,14 @@ from bridge.calls.session import CallSession, CallState
 from bridge.config import Config
 from bridge.media import MediaError, resolve_voice
 from bridge.ncco.actions._playback import play
-from bridge.ncco.models import Action, NccoError, parse_ncco_bytes
-from bridge.webhooks import ParseError, WebhookRequest, WebhookResponse
+from bridge.ncco.models import MAX_JSON_DEPTH, Action, NccoError, json_depth, parse_ncco_bytes
+from bridge.webhooks import (
+    JSON_NESTING_ERROR,
+    ParseError,
+    WebhookRequest,
+    WebhookResponse,
+    require_json_content_type,
+)
 
 if TYPE_CHECKING:
     from bridge.calls.engine import CallEngine
@@ -43,6 +49,8 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T", bound=BaseModel)
+#: Deepest nesting accepted in a request body: an NCCO's limit plus the object around it.
+_MAX_BODY_DEPTH = MAX_JSON_DEPTH + 1
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("api_principal")
 
 
@@ -142,6 +150,14 @@ class RestApi:
             data = json.loads(raw) if raw else None
         except (ValueError, UnicodeDecodeError):
             raise bad_request("the body is not valid JSON") from None
+        except RecursionError:
+            # A body such as 100,000 "[" exhausts the decoder's recursion, which is no
+            # JSONDecodeError: without this it would be a 500.
+            raise bad_request(f"the body is not usable: {JSON_NESTING_ERROR}") from None
+        # One level more than an NCCO may have: the body's object holds the NCCO.
+        if json_depth(data, _MAX_BODY_DEPTH + 1) > _MAX_BODY_DEPTH:
+            raise bad_request(f"the body is not usable: {JSON_NESTING_ERROR} (at most "
+                              f"{_MAX_BODY_DEPTH} levels of arrays and objects)")
         if not isinstance(data, dict):
             raise bad_request("the body must be a JSON object")
         return data
@@ -270,6 +286,7 @@ class RestApi:
         engine = self.engine
 
         def parse(response: WebhookResponse) -> list[Action]:
+            require_json_content_type(response, "destination.url")
             try:
                 actions = parse_ncco_bytes(response.body)
                 engine.check_runnable(actions)
@@ -282,6 +299,7 @@ class RestApi:
         result = await engine.webhooks.send_with_fallback(
             WebhookRequest(url=url, method="GET", data=params), None, parse,
             engine.timeouts(session.app, event=False), engine.signer(session.app),
+            kind="answer",
         )
         if result.value is None:
             reason = result.error or "no NCCO"

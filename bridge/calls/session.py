@@ -34,7 +34,13 @@ from bridge.ncco.models import (
     parse_ncco,
     parse_ncco_bytes,
 )
-from bridge.webhooks import FallbackResult, ParseError, WebhookRequest, WebhookResponse
+from bridge.webhooks import (
+    FallbackResult,
+    ParseError,
+    WebhookRequest,
+    WebhookResponse,
+    require_json_content_type,
+)
 
 if TYPE_CHECKING:
     from bridge.calls.engine import CallEngine
@@ -402,6 +408,7 @@ class CallSession:
             self._parse_runnable,
             self.engine.timeouts(self.app, event=False),
             self.engine.signer(self.app),
+            kind="answer",
         )
         if result.value is not None:
             if result.source == "fallback":
@@ -411,6 +418,8 @@ class CallSession:
         return None
 
     def _parse_runnable(self, response: WebhookResponse) -> list[Action]:
+        primary = response.request.url == self.app.answer_url
+        require_json_content_type(response, "answer_url" if primary else "fallback_answer_url")
         try:
             actions = parse_ncco_bytes(response.body)
             self.engine.check_runnable(actions)

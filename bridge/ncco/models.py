@@ -23,6 +23,10 @@ from pydantic import (
 )
 
 MAX_NCCO_ACTIONS = 100
+#: Deepest nesting of arrays and objects accepted in an NCCO (the array itself is level 1).
+#: Real NCCOs nest about 5 levels; far deeper documents pass json.loads but break pydantic's
+#: serialiser (when the call is stored) or exhaust the stack, so they are refused up front.
+MAX_JSON_DEPTH = 64
 
 
 class NccoError(ValueError):
@@ -260,8 +264,31 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "ncco"
 
 
+def json_depth(value: Any, stop_at: int = MAX_JSON_DEPTH + 1) -> int:
+    """How deeply arrays and objects nest in a decoded JSON value (a scalar is 0), counted
+    without recursion and no further than ``stop_at``."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest >= stop_at:
+            return deepest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_ncco(data: Any) -> list[Action]:
     """Validate a decoded NCCO document. Raises NccoError naming the first bad field."""
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise NccoError(f"an NCCO may nest arrays and objects at most {MAX_JSON_DEPTH} levels "
+                        "deep")
     if not isinstance(data, list):
         raise NccoError(f"an NCCO must be a JSON array of actions, got {_kind(data)}")
     if len(data) > MAX_NCCO_ACTIONS:
@@ -306,6 +333,9 @@ def parse_ncco_bytes(body: bytes) -> list[Action]:
         raise NccoError(
             f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        # e.g. 100,000 "[": the decoder runs out of stack, which is no JSONDecodeError.
+        raise NccoError("not usable JSON: it is nested too deeply") from None
     return parse_ncco(data)
 
 

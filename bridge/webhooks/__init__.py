@@ -18,6 +18,7 @@ from bridge.webhooks.client import (
     encode_query,
     is_json_media_type,
     redact_url,
+    require_json_content_type,
 )
 from bridge.webhooks.outbox import EventOutbox
 from bridge.webhooks.signing import Signer, encode_hs256, payload_hash
@@ -44,4 +45,5 @@ __all__ = [
     "is_json_media_type",
     "payload_hash",
     "redact_url",
+    "require_json_content_type",
 ]

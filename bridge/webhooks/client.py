@@ -63,6 +63,7 @@ __all__ = [
     "encode_query",
     "is_json_media_type",
     "redact_url",
+    "require_json_content_type",
 ]
 
 log = structlog.get_logger(__name__)
@@ -274,6 +275,19 @@ def is_json_media_type(media_type: str | None) -> bool:
         return False
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+def require_json_content_type(resp: WebhookResponse, source: str) -> None:
+    """Raise :class:`ParseError` unless ``resp`` declares a JSON body.
+
+    ``source`` names the URL in the message (``"answer_url returned content type
+    text/html, expected application/json"``).  A response with no ``Content-Type`` at all
+    is accepted: its body must then parse as JSON, which the caller's parser checks.
+    """
+    if resp.content_type is None or is_json_media_type(resp.content_type):
+        return
+    raise ParseError(
+        f"{source} returned content type {resp.content_type}, expected application/json")
 
 
 def _failure_reason(error: str) -> str:

@@ -577,3 +577,57 @@ def test_openapi_describes_exactly_the_routes(tmp_path):
     assert routed == described
     jsonschema.Draft202012Validator.check_schema(
         {"$defs": document["components"]["schemas"]})
+
+
+# ------------------------------------------------------------------ deeply nested JSON
+@pytest.fixture
+async def roomy_api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], FakeEngine]]:
+    """The API with a 1 MiB body limit: a body of 100,000 "[" must reach the JSON parser."""
+    cfg = config(tmp_path, http={"max_body_bytes": 1 << 20})
+    engine = FakeEngine()
+    app = web.Application(client_max_size=cfg.http.max_body_bytes)
+    rest = RestApi(cfg, FileStore(cfg.recordings.path), lambda: engine)  # type: ignore[arg-type,return-value]
+    rest.register(app)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    yield client, engine
+    await client.close()
+
+
+JSON_ENDPOINTS = [("POST", "/v1/calls"), ("PUT", "/v1/calls/{u}"), ("PUT", "/v1/calls/{u}/talk"),
+                  ("PUT", "/v1/calls/{u}/stream"), ("PUT", "/v1/calls/{u}/dtmf")]
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ENDPOINTS)
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000, b"[" * 500 + b"]" * 500],
+                         ids=["100k [", "50k objects", "500 closed arrays"])
+async def test_deeply_nested_json_is_a_400_naming_the_cause(roomy_api, method, path, body):
+    client, engine = roomy_api
+    s = engine.add(FakeSession("app-a", "1555"))
+    resp = await client.request(method, path.format(u=s.uuid), data=body, headers={
+        **auth(), "Content-Type": "application/json"})
+    assert resp.status == 400, await resp.text()
+    payload = await resp.json()
+    _error_shape(payload)
+    assert "nested too deeply" in payload["detail"]
+    assert engine.gateway.calls == [] and s.transferred == []
+
+
+async def test_an_ncco_nested_beyond_the_limit_is_refused_with_its_cause(roomy_api):
+    """Nesting that json.loads accepts but nothing after it could store: a clear 400."""
+    client, engine = roomy_api
+    s = engine.add(FakeSession("app-a", "1555"))
+    deep: Any = "x"
+    for _ in range(70):
+        deep = [deep]
+    ncco = [{"action": "notify", "eventUrl": ["http://127.0.0.1:1/n"], "payload": {"d": deep}}]
+    resp = await client.put(f"/v1/calls/{s.uuid}", headers=auth(), json={
+        "action": "transfer", "destination": {"type": "ncco", "ncco": ncco}})
+    assert resp.status == 400
+    assert "nested too deeply" in (await resp.json())["detail"]
+    shallow = [{"action": "notify", "eventUrl": ["http://127.0.0.1:1/n"],
+                "payload": {"d": [[["x"]]]}}]
+    resp = await client.put(f"/v1/calls/{s.uuid}", headers=auth(), json={
+        "action": "transfer", "destination": {"type": "ncco", "ncco": shallow}})
+    assert resp.status == 204
+    assert len(s.transferred) == 1
