@@ -51,9 +51,16 @@ def completed_extra(
     }
 
 
+ERROR_STATUS = "error"
+"""The ``status`` of an error event: applications dispatch events on ``status``, so an
+error needs one too (Vonage's own error callbacks name the problem only in ``reason``)."""
+
+
 def error_event(*, uuid: str, conversation_uuid: str, reason: str) -> dict[str, Any]:
-    """Errors are delivered to the event webhook too; ``reason`` names the cause and field."""
+    """Errors are delivered to the event webhook too, with ``status: "error"``; ``reason``
+    names the cause and field."""
     return {
+        "status": ERROR_STATUS,
         "reason": reason,
         "uuid": uuid,
         "conversation_uuid": conversation_uuid,

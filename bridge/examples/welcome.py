@@ -51,7 +51,8 @@ def create_app(printer: Callable[[str], None] = print) -> web.Application:
     async def event(request: web.Request) -> web.Response:
         body = await request.json()
         app[EVENTS_KEY].append(body)
-        label = body.get("status") or "error: " + str(body.get("reason"))
+        status = body.get("status")
+        label = f"error: {body.get('reason')}" if status in (None, "error") else status
         printer(f"event   {label:<10} {json.dumps(body, sort_keys=True)}")
         return web.Response(status=204)
 

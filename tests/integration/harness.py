@@ -79,10 +79,13 @@ class WebhookApp:
         return [e for e in received if e.get("to") == number or e.get("uuid") in uuids]
 
     def statuses(self, number: str) -> list[str]:
-        return [e["status"] for e in self.events(number) if "status" in e]
+        """The call's status events; error events (``status: "error"``) are in errors()."""
+        return [e["status"] for e in self.events(number)
+                if "status" in e and e["status"] != "error"]
 
     def errors(self, number: str) -> list[str]:
-        return [e["reason"] for e in self.events(number) if "reason" in e]
+        """The ``reason`` of every error event of the call."""
+        return [e["reason"] for e in self.events(number) if e.get("status") == "error"]
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

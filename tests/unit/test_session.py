@@ -70,7 +70,8 @@ class FakeWebhooks:
         self.requests: list[WebhookRequest] = []
 
     async def send_with_fallback(self, req: WebhookRequest, fallback_url: Any, parse: Any,
-                                 timeouts: Any, signer: Any = None) -> FallbackResult[Any]:
+                                 timeouts: Any, signer: Any = None,
+                                 kind: str = "event") -> FallbackResult[Any]:
         self.requests.append(req)
         body = json.dumps(self.script.get(req.url, {})).encode()
         response = WebhookResponse(req, 200, body, "application/json", 1, 1.0, None)
@@ -119,10 +120,12 @@ class Harness:
         return self.engine.by_channel[CHANNEL]
 
     def statuses(self) -> list[str]:
-        return [p["status"] for p in self.outbox.payloads if "status" in p]
+        """Call status events; error events (``status: "error"``) are in errors()."""
+        return [p["status"] for p in self.outbox.payloads
+                if "status" in p and p["status"] != "error"]
 
     def errors(self) -> list[str]:
-        return [p["reason"] for p in self.outbox.payloads if "reason" in p]
+        return [p["reason"] for p in self.outbox.payloads if p.get("status") == "error"]
 
     async def until(self, predicate: Any, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
@@ -200,3 +203,9 @@ async def test_invalid_answer_ncco_ends_the_unanswered_call_with_congestion(
     assert ("answer",) not in h.gateway.calls
     assert any("[0].text" in e for e in h.errors())
     assert h.statuses() == ["started", "ringing", "completed"]
+    # The error event names itself in ``status`` and is tied to the call.
+    [error] = [p for p in h.outbox.payloads if "reason" in p]
+    assert error["status"] == "error"
+    assert error["uuid"] == session.uuid
+    assert error["conversation_uuid"] == session.conversation_uuid
+    assert error["timestamp"].endswith("Z")
