@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import structlog
 from pydantic import BaseModel
 
+from bridge import metrics
 from bridge.agents.leases import HeldAgents
 from bridge.agents.store import agent_key
 from bridge.ari.errors import AriError
@@ -90,6 +91,26 @@ def dial_call_status(outcomes: list[LegOutcome]) -> str:
     if outcomes and all(o is LegOutcome.CANCELLED for o in outcomes):
         return "canceled"
     return "failed"
+
+
+INVALID_FORMAT = "invalid format"
+#: agent_skipped reasons -> the AGENTS_SKIPPED label (a small fixed set: the reason text
+#: can carry details, such as Asterisk's answer, that must not become label values).
+_SKIP_LABELS = {
+    "busy": "busy",
+    INVALID_FORMAT: "invalid",
+    "no outbound route": "no_route",
+    "no such device": "no_such_device",
+    "device off (not registered)": "device_offline",
+    "device in use": "device_in_use",
+}
+
+
+def skip_label(reason: str) -> str:
+    """The ``reason`` label of the agents-skipped metric for an agent_skipped reason."""
+    if reason.startswith("device state unknown"):
+        return "device_state_unknown"
+    return _SKIP_LABELS.get(reason, "other")
 
 
 @dataclass
@@ -241,6 +262,7 @@ class AppletRun:
         self.fetches += 1
         params, reason = await self._ask(self.applet.primary_url, data)
         if params is not None:
+            self._skip_invalid(params)
             return params
         self.log.warning("connect.primary_failed", reason=reason)
         if self.applet.fallback_url is None:
@@ -249,6 +271,7 @@ class AppletRun:
         params, fb_reason = await self._ask(self.applet.fallback_url, data)
         if params is not None:
             self.call.error(f"connect applet: primary URL failed ({reason}); used fallback URL")
+            self._skip_invalid(params)
             return params
         self.call.error(f"connect applet: primary URL failed ({reason}); "
                         f"fallback URL failed ({fb_reason})")
@@ -262,7 +285,7 @@ class AppletRun:
         timeouts = Timeouts(connect_ms=int(min(1.0, limit) * 1000), read_ms=int(limit * 1000))
         try:
             async with asyncio.timeout(limit):
-                response = await self.engine.webhooks.send(request, timeouts)
+                response = await self.engine.webhooks.send(request, timeouts, kind="exotel")
         except TimeoutError:
             return None, f"no answer within {limit:g} s"
         if response.status != 200 or response.error is not None:
@@ -273,8 +296,6 @@ class AppletRun:
                 await self._check_media(params)
             else:
                 params = parse_dial_whom(response)
-                if params.invalid:
-                    self.log.warning("connect.invalid_numbers", numbers=params.invalid)
         except (ParseError, ValueError) as exc:
             return None, f"invalid response: {exc}"
         return params, ""
@@ -295,7 +316,7 @@ class AppletRun:
         """A dialable agent, or the reason it is skipped."""
         kind = contact_kind(contact)
         if kind is None:
-            return "invalid format"
+            return INVALID_FORMAT
         key = agent_key(contact)
         dialer = self.engine.dialer
         if kind == "phone":
@@ -328,9 +349,15 @@ class AppletRun:
             await self.held.hold(key)
         return Candidate(contact, key, kind, endpoint)
 
+    def _skip_invalid(self, params: AppletParams) -> None:
+        """Dial whom tokens that are no numbers: skipped (and reported) like any agent."""
+        for token in params.invalid:
+            self._skip(token, INVALID_FORMAT)
+
     def _skip(self, contact: str, reason: str) -> None:
         self.skips.append((contact, reason))
         self.log.info("connect.agent_skipped", agent=contact, reason=reason)
+        metrics.AGENTS_SKIPPED.labels(reason=skip_label(reason)).inc()
         app = self.call.app
         if app.event_url is not None:
             self.call.outbox.post(app.event_url, app.event_method, {
@@ -344,7 +371,11 @@ class AppletRun:
         """outgoing_phone_number when it is one of the operator's numbers, else the number
         the call came in on (Exotel's rule)."""
         number = params.outgoing_phone_number
-        if number:
+        if params.invalid_outgoing_number is not None:
+            # Checked first: the digits of "90876xxxxx" could look like a number of ours.
+            self.log.info("connect.caller_id_invalid",
+                          outgoing_phone_number=params.invalid_outgoing_number)
+        elif number:
             config = self.engine.config
             mine = {agent_key(n) for n in (*config.numbers, *config.connect_applets,
                                            *config.agents.caller_ids) if n != "*"}
@@ -590,7 +621,7 @@ class AppletRun:
             data["Outcome"] = outcome
             response = await self.engine.webhooks.send(
                 WebhookRequest(url=chosen.url, method="GET", data=data),
-                self.engine.timeouts(self.call.app, event=False))
+                self.engine.timeouts(self.call.app, event=False), kind="exotel")
             return self._transition_ncco(response)
         except NccoError as exc:
             self.call.error(f"connect applet: {outcome} transition: invalid NCCO: {exc}")

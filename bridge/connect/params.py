@@ -2,7 +2,8 @@
 
 JSON 1.1 (``exotel-version: 1.1``): a response that is not HTTP 200 within the time limit, not
 ``application/json``, lacks the mandatory ``destination`` or carries a value out of range is
-*invalid*: the Fallback URL is asked. Dial whom (text/plain): only a non-200 status or no
+*invalid*: the Fallback URL is asked (an invalid ``outgoing_phone_number`` is not: the number
+the call came in on is used instead). Dial whom (text/plain): only a non-200 status or no
 answer in time goes to the fallback; a 200 with no or invalid numbers does not.
 """
 
@@ -63,6 +64,8 @@ class AppletParams:
     playback_type: Literal["text", "audio_url"] | None = None
     playback_value: str | None = None
     invalid: list[str] = field(default_factory=list)  # dial-whom tokens that were not numbers
+    #: outgoing_phone_number as received when it is no valid number (for the log only).
+    invalid_outgoing_number: str | None = None
 
 
 def _http(value: Any, name: str) -> str:
@@ -112,11 +115,14 @@ def parse_json(response: WebhookResponse) -> AppletParams:
     params.fetch_after_attempt = _bool(data, "fetch_after_attempt")
     params.state_management = _bool(data, "state_management")
     params.sticky_agent = _bool(data, "sticky_agent")
-    if data.get("outgoing_phone_number") is not None:
-        number = data["outgoing_phone_number"]
-        if not isinstance(number, str | int) or contact_kind(str(number)) != "phone":
-            raise ParseError(f"outgoing_phone_number: must be an E.164 number, got {number!r}")
-        params.outgoing_phone_number = str(number)
+    number = data.get("outgoing_phone_number")
+    if number is not None:
+        # Exotel: a number that fails validation is replaced by the number the call came in
+        # on; it is no reason to use the Fallback URL (the seed's own sample, "90876xxxxx",
+        # is such a number). The applet's caller_id() makes the choice and logs it.
+        params.outgoing_phone_number = str(number) if isinstance(number, str | int) else None
+        if params.outgoing_phone_number is None or contact_kind(str(number)) != "phone":
+            params.invalid_outgoing_number = repr(number)[:40]
     if data.get("recording") is not None:
         rec = data["recording"]
         if not isinstance(rec, dict):

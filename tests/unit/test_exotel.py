@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+# Loaded first, as in the product: the action table imports the applet (importing the applet
+# module on its own runs into the table half-built).
+import bridge.ncco.actions  # noqa: F401
 from bridge.config import ConfigError, load_config
-from bridge.connect.applet import dial_call_status
+from bridge.connect.applet import dial_call_status, skip_label
 from bridge.connect.params import (
     contact_kind,
     parse_dial_whom,
@@ -31,6 +34,10 @@ SEED_SAMPLE = {
     "call_event_passthru_url": "http://dial_passthru_event_url.com",
     "start_call_playback": {"type": "text", "value": "hello, this is a sample text"},
 }
+
+
+# Copied verbatim from Exotel's documentation of the Connect applet (JSON 1.1) sample response.
+SEED_SAMPLE_VERBATIM = """{ "fetch_after_attempt": false, "destination": [ { "contact_uri": "+9198765xxxxx" }, { "contact_uri": "sip:gauravjfb55d386" }, { "contact_uri": "+9197864xxxxx" } ], "state_management": true, "outgoing_phone_number": "90876xxxxx", "sticky_agent": false, "recording": { "record": true, "channels": "single" }, "max_ringing_duration": 30, "max_conversation_duration": 900, "music_on_hold": { "type": "default_tone" }, "parallel_ringing": { "activate": true, "max_parallel_attempts": 5 }, "call_event_passthru_url": "http://dial_passthru_event_url.com", "start_call_playback": { "type": "text", "value": "hello, this is a sample text" } }"""  # noqa: E501
 
 
 def response(body: Any, content_type: str = "application/json",
@@ -70,6 +77,45 @@ def test_invalid_json_responses_name_the_field(change: dict[str, Any], message: 
         del body["destination"]
     with pytest.raises(ParseError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_json(response(body))
+
+
+def test_the_seed_sample_verbatim_is_used_not_thrown_away() -> None:
+    """Its outgoing_phone_number fails validation: Exotel dials with the number the call came
+    in on instead; the response stays valid (no Fallback URL) and each destination is checked
+    when dialled."""
+    params = parse_json(response(SEED_SAMPLE_VERBATIM.encode()))
+    assert params.destinations == ["+9198765xxxxx", "sip:gauravjfb55d386", "+9197864xxxxx"]
+    assert params.invalid_outgoing_number == "'90876xxxxx'"
+    assert [contact_kind(d) for d in params.destinations] == [None, "sip", None]
+
+
+@pytest.mark.parametrize("number", ["90876xxxxx", "", "+1", {"n": 1}, ["+919000000000"], 12])
+def test_an_invalid_outgoing_phone_number_is_no_reason_for_the_fallback(number: Any) -> None:
+    params = parse_json(response({**SEED_SAMPLE, "outgoing_phone_number": number}))
+    assert params.invalid_outgoing_number is not None
+    assert params.destinations == [d["contact_uri"] for d in SEED_SAMPLE["destination"]]
+
+
+def test_a_valid_outgoing_phone_number_is_kept() -> None:
+    params = parse_json(response({**SEED_SAMPLE, "outgoing_phone_number": 918044009999}))
+    assert params.outgoing_phone_number == "918044009999"
+    assert params.invalid_outgoing_number is None
+
+
+def test_deeply_nested_response_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_json(response(b"[" * 100_000))
+
+
+@pytest.mark.parametrize(("reason", "label"), [
+    ("busy", "busy"), ("invalid format", "invalid"), ("no outbound route", "no_route"),
+    ("device off (not registered)", "device_offline"), ("device in use", "device_in_use"),
+    ("no such device", "no_such_device"),
+    ("device state unknown (Asterisk said 500)", "device_state_unknown"),
+    ("something new", "other"),
+])
+def test_skip_reasons_map_to_a_fixed_set_of_metric_labels(reason: str, label: str) -> None:
+    assert skip_label(reason) == label
 
 
 def test_json_dialect_requires_application_json() -> None:
