@@ -11,6 +11,9 @@ from tests.integration.harness import UNREACHABLE_NUMBER, Reply, new_number
 pytestmark = pytest.mark.integration
 
 TALK = [{"action": "talk", "text": "From the fallback."}]
+NESTED_70: list[object] = []
+for _ in range(69):
+    NESTED_70 = [NESTED_70]
 
 # (case id, what answer_url replies, requests expected at answer_url, words the reason holds)
 CASES = [
@@ -18,8 +21,15 @@ CASES = [
     ("500", Reply(status=500), 1, ["http 500"]),
     ("503 is retried", Reply(status=503), 2, ["http 503"]),
     ("slow is retried", Reply(json=TALK, delay_s=1.6), 2, ["read timeout"]),
-    ("not json", Reply(body=b"<html>hello</html>", content_type="text/html"), 1,
-     ["not valid JSON"]),
+    ("html content type", Reply(body=b"<html>hello</html>", content_type="text/html"), 1,
+     ["answer_url returned content type text/html, expected application/json"]),
+    ("json body, text/html content type", Reply(json=TALK, content_type="text/html"), 1,
+     ["answer_url returned content type text/html, expected application/json"]),
+    ("not json", Reply(body=b"<html>hello</html>"), 1, ["not valid JSON"]),
+    ("nested 100,000 deep", Reply(body=b"[" * 100_000), 1, ["nested too deeply"]),
+    ("nested 70 deep", Reply(json=[{"action": "notify", "eventUrl": ["http://127.0.0.1:9/n"],
+                                    "payload": {"deep": NESTED_70}}]), 1,
+     ["nest arrays and objects at most 64 levels"]),
     ("not an array", Reply(json={"action": "talk", "text": "hi"}), 1, ["JSON array"]),
     ("unknown action", Reply(json=[{"action": "dance"}]), 1, ["[0].action", "dance"]),
     ("wrong type", Reply(json=[{"action": "talk", "text": "hi", "loop": "often"}]), 1,
@@ -53,6 +63,10 @@ async def test_failing_answer_url_uses_fallback_then_ends_the_call(bridge, webho
     [error] = webhooks.errors(number)
     for word in [*words, "http 500"]:
         assert word in error
+    [event] = [e for e in webhooks.events(number) if e.get("reason") == error]
+    assert event["status"] == "error"  # applications switch on status
+    assert event["uuid"] == asked[0].query["uuid"]
+    assert event["conversation_uuid"] == asked[0].query["conversation_uuid"]
     assert webhooks.statuses(number) == ["started", "ringing", "completed"]
 
 

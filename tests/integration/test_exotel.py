@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from bridge.agents.redis_server import RedisServer
 from bridge.app import BridgeService
@@ -27,6 +28,9 @@ from tests.integration.harness import Recorded, Reply, _pick, _respond, new_numb
 pytestmark = pytest.mark.integration
 
 GOODBYE = [{"action": "talk", "text": "Goodbye."}]
+# Exotel's sample response for the Connect applet (JSON 1.1), copied verbatim from its
+# documentation: its numbers keep their "x" placeholders.
+SEED_SAMPLE = """{ "fetch_after_attempt": false, "destination": [ { "contact_uri": "+9198765xxxxx" }, { "contact_uri": "sip:gauravjfb55d386" }, { "contact_uri": "+9197864xxxxx" } ], "state_management": true, "outgoing_phone_number": "90876xxxxx", "sticky_agent": false, "recording": { "record": true, "channels": "single" }, "max_ringing_duration": 30, "max_conversation_duration": 900, "music_on_hold": { "type": "default_tone" }, "parallel_ringing": { "activate": true, "max_parallel_attempts": 5 }, "call_event_passthru_url": "http://dial_passthru_event_url.com", "start_call_playback": { "type": "text", "value": "hello, this is a sample text" } }"""  # noqa: E501
 
 
 # ------------------------------------------------------------------ the applet's app
@@ -174,6 +178,11 @@ async def exotel(lab, webhooks, applet_app, tmp_path) -> AsyncIterator[Any]:
         await service.stop()
 
 
+def metric(name: str, **labels: str) -> float:
+    """A sample of the bridge's metrics (the services run in this process)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def new_applet(app: AppletApp) -> Applet:
     number = new_number()
     return Applet(number, number, app)
@@ -193,6 +202,12 @@ async def call(lab, number: str, caller: str = "15550001111", steps=None,
 
 def dest(*contacts: str, **extra: Any) -> dict[str, Any]:
     return {"destination": [{"contact_uri": c} for c in contacts], **extra}
+
+
+def skipped(webhooks, number: str) -> list[tuple[str, str]]:
+    """(agent, reason) of every agent_skipped event of calls to ``number``, in order."""
+    return [(e["agent"], e["reason"]) for e in webhooks.events(number)
+            if e.get("status") == "agent_skipped"]
 
 
 def saw_cancel(agent: Agent) -> bool:
@@ -286,33 +301,109 @@ async def test_json_fallback_cases(exotel, applet_app, lab, case):
         assert agent.invites() == 1
 
 
-async def test_both_urls_failing_means_nobody_was_dialled(exotel, applet_app, lab):
+async def test_both_urls_failing_means_nobody_was_dialled(exotel, applet_app, lab, webhooks):
     applet = new_applet(applet_app)
-    applet_app.script(applet.primary, Reply(status=503))
-    applet_app.script(applet.fallback, Reply(json={"no": "destination"}))
-    await exotel({}, {applet.number: applet.config()})
+    async with Agent(200, hangup_after_ms=300) as agent:  # rung only if something was dialled
+        applet_app.script(applet.primary, Reply(status=503))
+        applet_app.script(applet.fallback, Reply(json={"no": "destination"}))
+        await exotel({"44": agent.port}, {applet.number: applet.config()})
 
-    result = await call(lab, applet.number)
+        result = await call(lab, applet.number)
 
-    assert result.sip.ok, result.sip.errors
-    await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_dialled"])
+        assert result.sip.ok, result.sip.errors
+        await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_dialled"])
+        await webhooks.wait_completed(applet.number)
+        assert agent.invites() == 0
+        assert len(applet_app.of(applet.primary)) == 2  # 503 is retried once
+        assert len(applet_app.of(applet.fallback)) == 1
+        assert webhooks.errors(applet.number) == [
+            "connect applet: primary URL failed (http 503); fallback URL failed (invalid "
+            "response: destination: mandatory parameter missing)"]
 
 
-async def test_nobody_dialled_falls_back_to_nobody_answered(exotel, applet_app, lab):
+async def test_nobody_dialled_falls_back_to_nobody_answered(exotel, applet_app, lab, webhooks):
     applet = new_applet(applet_app)
-    applet_app.script(applet.primary, dest())  # an empty destination list
-    config = applet.config()
-    del config["nobody_dialled"]
-    await exotel({}, {applet.number: config})
+    async with Agent(200, hangup_after_ms=300) as agent:  # rung only if something was dialled
+        applet_app.script(applet.primary, dest())  # an empty destination list
+        config = applet.config()
+        del config["nobody_dialled"]
+        await exotel({"44": agent.port}, {applet.number: config})
 
-    result = await call(lab, applet.number)
+        result = await call(lab, applet.number)
 
-    assert result.sip.ok, result.sip.errors
-    await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_answered"])
+        assert result.sip.ok, result.sip.errors
+        await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_answered"])
+        await webhooks.wait_completed(applet.number)
+        assert agent.invites() == 0
+        # An empty list is a valid answer: no fallback, no error, nobody skipped.
+        assert applet_app.of(applet.fallback) == []
+        assert webhooks.errors(applet.number) == []
+        assert skipped(webhooks, applet.number) == []
+
+
+async def test_seed_sample_verbatim_reports_every_invalid_destination(
+        exotel, applet_app, lab, webhooks):
+    """The seed's own sample: its outgoing_phone_number ("90876xxxxx") fails validation,
+    which is no reason for the Fallback URL; each destination is checked and skipped with
+    its reason, so nobody is dialled."""
+    applet = new_applet(applet_app)
+    # Rung if any of the sample's +91 "numbers" were dialled.
+    async with Agent(200, hangup_after_ms=300) as agent:
+        applet_app.script(applet.primary, Reply(body=SEED_SAMPLE.encode()))
+        applet_app.script(applet.fallback, dest("+9190000001"))
+        await exotel({"91": agent.port}, {applet.number: applet.config()})
+
+        result = await call(lab, applet.number)
+
+        assert result.sip.ok, result.sip.errors
+        await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_dialled"])
+        await webhooks.wait_completed(applet.number)
+        assert applet_app.of(applet.fallback) == []
+        assert agent.invites() == 0
+        assert skipped(webhooks, applet.number) == [
+            ("+9198765xxxxx", "invalid format"),
+            ("sip:gauravjfb55d386", "no such device"),
+            ("+9197864xxxxx", "invalid format"),
+        ]
+        events = [e for e in webhooks.events(applet.number)
+                  if e.get("status") == "agent_skipped"]
+        uuids = {e["uuid"] for e in webhooks.events(applet.number)
+                 if e.get("status") == "started"}
+        assert {e["uuid"] for e in events} == uuids
+        assert webhooks.errors(applet.number) == []
+
+
+async def test_invalid_outgoing_phone_number_dials_with_the_inbound_number(
+        exotel, applet_app, lab, webhooks):
+    """The seed's sample with one reachable agent: the agent is dialled (not the Fallback
+    URL's), with the number the call came in on as caller ID."""
+    applet = new_applet(applet_app)
+    sample = json.loads(SEED_SAMPLE)
+    sample["destination"] = [{"contact_uri": "+4433001"}]
+    for unreachable_here in ("call_event_passthru_url", "recording", "start_call_playback"):
+        del sample[unreachable_here]
+    async with Agent(200, hangup_after_ms=300) as agent, \
+            Agent(200, hangup_after_ms=300) as fallback_agent:
+        applet_app.script(applet.primary, sample)
+        applet_app.script(applet.fallback, dest("+4433002"))
+        await exotel({"4433001": agent.port, "4433002": fallback_agent.port},
+                     {applet.number: applet.config()})
+
+        result = await call(lab, applet.number)
+
+        assert result.sip.ok, result.sip.errors
+        await applet_app.wait_for(lambda: applet.outcomes() == ["after_conversation"])
+        assert applet_app.of(applet.fallback) == []
+        assert (agent.invites(), fallback_agent.invites()) == (1, 0)
+        froms = re.findall(r"received[^\n]*\n+\s*INVITE [^\n]*\n(?:[^\n]+\n)*?\s*From: *"
+                           r"[^\n]*?sip:\+?(\d+)@", agent.messages)
+        assert froms == [applet.number]
+        await webhooks.wait_completed(applet.number)
+        assert webhooks.errors(applet.number) == []
 
 
 @pytest.mark.parametrize("case", ["http 500", "timeout", "invalid numbers"])
-async def test_dial_whom_fallback_rules(exotel, applet_app, lab, case):
+async def test_dial_whom_fallback_rules(exotel, applet_app, lab, webhooks, case):
     applet = new_applet(applet_app)
     primary = {"http 500": Reply(status=500),
                "timeout": Reply(body=b"+4423001", content_type="text/plain", delay_s=3),
@@ -330,9 +421,36 @@ async def test_dial_whom_fallback_rules(exotel, applet_app, lab, case):
         if case == "invalid numbers":  # a 200 never goes to the fallback
             await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_dialled"])
             assert applet_app.of(applet.fallback) == [] and agent.invites() == 0
+            await webhooks.wait_for(lambda: len(skipped(webhooks, applet.number)) == 2)
+            assert skipped(webhooks, applet.number) == [("nobody", "invalid format"),
+                                                         ("here", "invalid format")]
         else:
             await applet_app.wait_for(lambda: applet.outcomes() == ["after_conversation"])
             assert len(applet_app.of(applet.fallback)) == 1 and agent.invites() == 1
+
+
+async def test_dial_whom_invalid_numbers_are_reported_and_the_valid_one_dialled(
+        exotel, applet_app, lab, webhooks):
+    applet = new_applet(applet_app)
+    async with Agent(200, hangup_after_ms=300) as agent:
+        applet_app.script(applet.primary, "0800-CALL-ME, +4435001, 12ab34")
+        await exotel({"4435001": agent.port}, {applet.number: applet.config(
+            dialect="dial_whom", fetch_after_attempt=False, ring_timeout_s=3)})
+        skips_before = metric("ari_bridge_agents_skipped_total", reason="invalid")
+
+        result = await call(lab, applet.number)
+
+        assert result.sip.ok, result.sip.errors
+        await applet_app.wait_for(lambda: applet.outcomes() == ["after_conversation"])
+        assert agent.invites() == 1
+        await webhooks.wait_for(lambda: len(skipped(webhooks, applet.number)) == 2)
+        assert skipped(webhooks, applet.number) == [("0800-CALL-ME", "invalid format"),
+                                                     ("12ab34", "invalid format")]
+        [event] = [e for e in webhooks.events(applet.number)
+                   if e.get("status") == "agent_skipped" and e["agent"] == "12ab34"]
+        assert event["from"] == "15550001111" and event["to"] == applet.number
+        assert event["direction"] == "inbound" and event["conversation_uuid"]
+        assert metric("ari_bridge_agents_skipped_total", reason="invalid") == skips_before + 2
 
 
 async def test_parallel_first_answer_wins_and_losers_are_cancelled(exotel, applet_app, lab):
