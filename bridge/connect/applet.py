@@ -287,6 +287,8 @@ class AppletRun:
             async with asyncio.timeout(limit):
                 response = await self.engine.webhooks.send(request, timeouts, kind="exotel")
         except TimeoutError:
+            # send() was cancelled before it could count this failure.
+            metrics.WEBHOOK_FAILURES.labels(kind="exotel", reason="timeout").inc()
             return None, f"no answer within {limit:g} s"
         if response.status != 200 or response.error is not None:
             return None, response.error or f"http {response.status}"
@@ -297,6 +299,7 @@ class AppletRun:
             else:
                 params = parse_dial_whom(response)
         except (ParseError, ValueError) as exc:
+            metrics.WEBHOOK_FAILURES.labels(kind="exotel", reason="invalid_response").inc()
             return None, f"invalid response: {exc}"
         return params, ""
 

@@ -21,6 +21,7 @@ from bridge.webhooks import (
     WebhookClient,
     WebhookRequest,
     WebhookResponse,
+    require_json_content_type,
 )
 
 TIMEOUTS = Timeouts(connect_ms=500, read_ms=3000)
@@ -205,3 +206,28 @@ async def test_deeply_nested_json_body_is_a_clear_parse_error(
 
     assert not result.ok
     assert result.reason == f"invalid response: response body is not usable: {JSON_NESTING_ERROR}"
+
+
+@pytest.mark.parametrize(("header", "media_type", "accepted"), [
+    (b"Content-Type: application/json; charset=utf-8\r\n", "application/json", True),
+    (b"Content-Type: application/vnd.example+json\r\n", "application/vnd.example+json", True),
+    (b"", None, True),  # no Content-Type: the body must parse, the caller's parser checks
+    (b"Content-Type: text/html\r\n", "text/html", False),
+    (b"Content-Type: text/plain\r\n", "text/plain", False),
+])
+async def test_answer_content_type_must_be_json_or_absent(
+        raw_server: RawServer, client: WebhookClient, header: bytes, media_type: str | None,
+        accepted: bool) -> None:
+    raw_server.answer = b"HTTP/1.1 200 OK\r\n" + header + b"Content-Length: 2\r\n\r\n[]"
+
+    resp = await client.send(WebhookRequest(raw_server.url(), "GET", {}), TIMEOUTS)
+
+    assert resp.ok and resp.content_type == media_type
+    if accepted:
+        require_json_content_type(resp, "answer_url")
+        assert resp.json() == []
+    else:
+        with pytest.raises(ParseError) as caught:
+            require_json_content_type(resp, "answer_url")
+        assert str(caught.value) == (
+            f"answer_url returned content type {media_type}, expected application/json")
