@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections import Counter
 
 import pytest
 
+from bridge.app import BridgeService
+from bridge.config import Config
+from tests.integration.conftest import _hang_up_leftovers, bridge_config
 from tests.integration.harness import UNREACHABLE_NUMBER, Reply, new_number
+from tests.rawhttp import RawServer
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +103,49 @@ async def test_seed_sample_with_string_numbers_is_accepted(bridge, webhooks, dia
     assert call.sip.ok
     await webhooks.wait_completed(number)
     assert webhooks.errors(number) == []
+
+
+async def test_every_webhook_that_hangs_up_is_asked_exactly_twice(lab, webhooks, dial, tmp_path):
+    """answer_url, fallback_answer_url and event_url all read the request and close the
+    connection without answering: each request is sent twice (one retry), never more."""
+    async with RawServer() as app:
+        base = bridge_config(lab, webhooks, tmp_path)
+        data = base.model_dump(by_alias=True)
+        data["ari"]["password"] = base.ari.password.get_secret_value()
+        data["applications"][0].update(answer_url=app.url("/answer"),
+                                       fallback_answer_url=app.url("/fallback"),
+                                       event_url=app.url("/event"))
+        service = BridgeService(Config.model_validate(data))
+        await service.start()
+        try:
+            assert await service.gateway.wait_connected(20), service.gateway.last_error
+            number = new_number()
+
+            call = await dial(number, expect_status=503)
+
+            assert call.sip.statuses[-1] == 503
+
+            def completed_everywhere() -> bool:
+                statuses = [r.data().get("status") for r in app.requests if r.method == "POST"]
+                return statuses.count("completed") >= 4  # event_url twice, its fallback twice
+
+            deadline = time.monotonic() + 30
+            while not completed_everywhere():
+                assert time.monotonic() < deadline, [(r.path, r.data()) for r in app.requests]
+                await asyncio.sleep(0.05)
+        finally:
+            await service.stop()
+            await _hang_up_leftovers(lab)
+
+    answers = app.of("/answer")
+    assert len(answers) == 2 and all(r.method == "GET" for r in answers)
+    assert all(r.query["to"] == number for r in answers)
+    answer_fallbacks = [r for r in app.of("/fallback") if r.method == "GET"]
+    assert len(answer_fallbacks) == 2
+    assert answer_fallbacks[0].query["reason"] == "connection reset"
+    events = Counter(r.data()["status"] for r in app.of("/event"))
+    event_fallbacks = Counter(r.data()["status"] for r in app.of("/fallback")
+                              if r.method == "POST")
+    assert set(events) >= {"started", "ringing", "error", "completed"}
+    assert set(events.values()) == {2}, events
+    assert event_fallbacks == events

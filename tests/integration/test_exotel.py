@@ -24,6 +24,7 @@ from bridge.lab.pcap import tone_samples, write_rtp_pcap
 from bridge.lab.sipp import Agent, Audio, Pause, RtpReceiver, free_port, place_call
 from tests.integration.conftest import Call, bridge_config
 from tests.integration.harness import Recorded, Reply, _pick, _respond, new_number
+from tests.rawhttp import RawServer
 
 pytestmark = pytest.mark.integration
 
@@ -339,6 +340,29 @@ async def test_nobody_dialled_falls_back_to_nobody_answered(exotel, applet_app, 
         assert applet_app.of(applet.fallback) == []
         assert webhooks.errors(applet.number) == []
         assert skipped(webhooks, applet.number) == []
+
+
+async def test_primary_and_fallback_urls_that_hang_up_are_each_asked_twice(
+        exotel, applet_app, lab, webhooks):
+    """Both URLs read the request and close the connection without answering: one retry
+    each (no hidden second retry), then nobody is dialled."""
+    applet = new_applet(applet_app)
+    async with RawServer() as raw, Agent(200, hangup_after_ms=300) as agent:
+        config = applet.config(primary_url=raw.url("/primary"), fallback_url=raw.url("/fallback"))
+        await exotel({"44": agent.port}, {applet.number: config})
+
+        result = await call(lab, applet.number)
+
+        assert result.sip.ok, result.sip.errors
+        await applet_app.wait_for(lambda: applet.outcomes() == ["nobody_dialled"])
+        await webhooks.wait_completed(applet.number)
+        assert len(raw.of("/primary")) == 2 and len(raw.of("/fallback")) == 2
+        assert all(r.method == "GET" and r.query["CallTo"] == applet.number
+                   for r in raw.requests)
+        assert agent.invites() == 0
+        assert webhooks.errors(applet.number) == [
+            "connect applet: primary URL failed (connection reset); "
+            "fallback URL failed (connection reset)"]
 
 
 async def test_seed_sample_verbatim_reports_every_invalid_destination(

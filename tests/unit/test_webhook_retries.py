@@ -1,15 +1,14 @@
 """Exactly one retry, against raw TCP servers that misbehave the way real ones do, and the
 webhook metrics.
 
-The servers here are plain asyncio sockets, not aiohttp: they must be able to read a request
-and close the connection without answering, which an HTTP framework never does.
+The servers here are plain asyncio sockets (tests/rawhttp.py), not aiohttp: they must be able
+to read a request and close the connection without answering, which a framework never does.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import REGISTRY
@@ -23,65 +22,17 @@ from bridge.webhooks import (
     WebhookResponse,
     require_json_content_type,
 )
+from tests.rawhttp import RawServer
 
 TIMEOUTS = Timeouts(connect_ms=500, read_ms=3000)
 OK_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                b"Content-Length: 2\r\n\r\n[]")
 
 
-@dataclass
-class RawServer:
-    """Accepts TCP connections and reads whole HTTP requests (head and Content-Length body).
-
-    ``answer``: the raw bytes written back for each request, or None to close the socket
-    without answering. ``close_after_answer``: close the connection once the answer is
-    written (a keep-alive connection the server drops between two requests).
-    """
-
-    answer: bytes | None = None
-    close_after_answer: bool = False
-    requests: list[bytes] = field(default_factory=list)
-    connections: int = 0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
-
-    def url(self, path: str = "/answer") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return  # the client closed the connection
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                body = await reader.readexactly(length) if length else b""
-                self.requests.append(head + body)
-                if self.answer is None:
-                    return  # read the request, then hang up without a word
-                writer.write(self.answer)
-                await writer.drain()
-                if self.close_after_answer:
-                    return
-        finally:
-            writer.close()
-            self.closed.set()
-
-
 @pytest.fixture
 async def raw_server() -> AsyncIterator[RawServer]:
-    state = RawServer()
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield state
-        server.close()
+    async with RawServer() as server:
+        yield server
 
 
 @pytest.fixture
@@ -104,8 +55,8 @@ async def test_server_closing_without_answer_gets_exactly_two_requests(
 
     assert resp.error == "connection reset"
     assert resp.attempts == 2
-    assert len(raw_server.requests) == 2
-    assert all(r.startswith(method.encode() + b" /answer") for r in raw_server.requests)
+    assert len(raw_server.raw) == 2
+    assert all(r.startswith(method.encode() + b" /answer") for r in raw_server.raw)
 
 
 async def test_fallback_also_gets_exactly_two_requests(
@@ -118,7 +69,7 @@ async def test_fallback_also_gets_exactly_two_requests(
 
     assert not result.ok
     assert result.error == "primary: connection reset; fallback: connection reset"
-    paths = [r.split(b" ", 2)[1].split(b"?")[0] for r in raw_server.requests]
+    paths = [r.split(b" ", 2)[1].split(b"?")[0] for r in raw_server.raw]
     assert paths == [b"/answer", b"/answer", b"/fallback", b"/fallback"]
 
 
@@ -139,7 +90,7 @@ async def test_keep_alive_connection_closed_between_two_calls(
     # Each call reached the application once; the second one on a new connection. (When the
     # client had not yet seen the close, its first try on the dead connection is the one
     # retry: the application still gets the request once.)
-    assert len(raw_server.requests) == 2
+    assert len(raw_server.raw) == 2
     assert raw_server.connections == 2
     assert second.attempts in (1, 2)
 
