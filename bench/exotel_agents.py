@@ -283,8 +283,8 @@ async def main() -> int:
     state = Path("/var/tmp/ari-bridge-bench-exotel")
     rtp = free_port()
     opts = LabOptions(state_dir=state, ari_port=free_port(socket.SOCK_STREAM),
-                      sip_port=free_port(), rtp_start=30000 + rtp % 5000,
-                      rtp_end=30000 + rtp % 5000 + 2000)
+                      sip_port=free_port(), rtp_start=12000 + rtp % 7000,
+                      rtp_end=12000 + rtp % 7000 + 2000)
     lab = lab_up(opts)
     results = []
     redis = RedisServer().start() if "redis" in args.backends else None

@@ -10,45 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import re
 import shutil
-import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from bridge.lab.ports import free_media_port, free_port
+
 PCAP_DIR = Path("/usr/share/sip-tester")
 _DTMF_FILES = {"*": "star", "#": "pound"}
-
-
-def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
-    """A port that was free on ``host`` a moment ago (bind to 0, read, close)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-#: sipp's media ports come from here: below the kernel's ephemeral range (32768-60999), where
-#: sockets bound to port 0 (ours, Asterisk's) can never take them between check and use.
-MEDIA_PORTS = range(21000, 29998, 4)
-
-
-def free_media_port() -> int:
-    """An even port P with P and P+2 free (sipp binds both for its pcap audio)."""
-    for _ in range(200):
-        port = random.choice(MEDIA_PORTS)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
-                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 2))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free media port for sipp")
 
 
 # ------------------------------------------------------------------------- scenario steps
@@ -298,6 +272,85 @@ def sipp_binary() -> str:
     return path
 
 
+#: A clash on sipp's ports (another process bound one between our check and sipp's bind) is
+#: retried on new ports this many times in all.
+START_ATTEMPTS = 3
+
+#: How long a sipp that listens (agent, device) may take to bind its SIP port, in seconds.
+#: Generous: on a loaded 2-core machine a start has taken over a second.
+START_TIMEOUT_S = 20.0
+
+
+class SippStartError(RuntimeError):
+    """sipp did not start: its exit code and stderr are in the message."""
+
+
+def _port_clash(stderr: str) -> bool:
+    """sipp's words for a port someone else holds (EADDRINUSE)."""
+    return "errno = 98" in stderr or "Address already in use" in stderr
+
+
+async def _start_listening(
+    what: str, host: str, port: int, workdir: Path, command: Callable[[int, int], list[str]],
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Start a sipp that listens on ``host:port`` and wait until it has bound the port.
+
+    ``command(sip_port, media_port)`` gives sipp's arguments. A port clash is retried on new
+    ports; any other early exit, or no bind within ``START_TIMEOUT_S``, raises
+    :class:`SippStartError` with sipp's exit code and stderr. A sipp that binds and then ends
+    (a device whose registration is refused) is returned as started: its caller looks at it.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        stderr_file = workdir / "stderr.log"
+        with stderr_file.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                *command(port, free_media_port(host)), cwd=workdir,
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while proc.returncode is None and time.monotonic() < deadline:
+            if _holds_udp_port(proc.pid, port):
+                return proc, port
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.02)
+        errors = _read(stderr_file).strip()
+        if proc.returncode is None:
+            proc.kill()  # our own child, by PID
+            await proc.wait()
+            raise SippStartError(
+                f"{what}: sipp did not bind {host}:{port} within {START_TIMEOUT_S:.0f} s; "
+                f"stderr: {errors[-800:] or '(empty)'}")
+        if _port_clash(errors) and attempt < START_ATTEMPTS:
+            port = free_port(host=host)
+            continue
+        if _port_clash(errors) or "message received" not in _read(workdir / "messages.log"):
+            raise SippStartError(
+                f"{what}: sipp exited with code {proc.returncode} before listening on "
+                f"{host}:{port}; stderr: {errors[-800:] or '(empty)'}")
+        return proc, port  # it ran and ended (a device whose registration was refused)
+    raise AssertionError("unreachable")
+
+
+def _holds_udp_port(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has bound UDP ``port`` (Linux /proc: its sockets' inodes
+    against the kernel's table). A plain bind probe would also say "taken" when the port
+    was taken by someone else, and sipp then exits with EADDRINUSE instead of listening."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in _read(Path(table)).splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if str(fd.readlink()) in inodes:
+                    return True
+    return False
+
+
 async def place_call(
     sip_host: str,
     sip_port: int,
@@ -312,33 +365,37 @@ async def place_call(
     """Place one call with sipp and wait for it to end. Never raises for a failed call:
     the result says what sipp saw (SIP statuses received, exit code)."""
     scenario = uac_scenario(caller, rtp_port, steps, expect_status)
-    with tempfile.TemporaryDirectory(prefix="ari-bridge-sipp-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "caller.xml").write_text(scenario)
-        media_port = free_media_port()
-        args = [
-            sipp_binary(), f"{sip_host}:{sip_port}",
-            "-sf", "caller.xml", "-s", number, "-m", "1", "-l", "1",
-            "-i", "127.0.0.1", "-p", str(free_port()),
-            "-mp", str(media_port),
-            "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
-            "-trace_msg", "-message_file", "messages.log",
-            "-trace_err", "-error_file", "errors.log",
-        ]
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *args, cwd=workdir, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), timeout_s + 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            stderr = b"sipp did not finish in time"
-        elapsed = time.monotonic() - started
-        messages = _read(workdir / "messages.log")
-        errors = _read(workdir / "errors.log") + stderr.decode(errors="replace")
+    started = time.monotonic()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with tempfile.TemporaryDirectory(prefix="ari-bridge-sipp-") as tmp:
+            workdir = Path(tmp)
+            (workdir / "caller.xml").write_text(scenario)
+            args = [
+                sipp_binary(), f"{sip_host}:{sip_port}",
+                "-sf", "caller.xml", "-s", number, "-m", "1", "-l", "1",
+                "-i", "127.0.0.1", "-p", str(free_port()),
+                "-mp", str(free_media_port()),
+                "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
+                "-trace_msg", "-message_file", "messages.log",
+                "-trace_err", "-error_file", "errors.log",
+            ]
+            proc = await asyncio.create_subprocess_exec(
+                *args, cwd=workdir, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                _, stderr = await asyncio.wait_for(proc.communicate(), timeout_s + 10)
+            except TimeoutError:
+                proc.kill()  # our own child, by PID
+                await proc.wait()
+                stderr = b"sipp did not finish in time"
+            messages = _read(workdir / "messages.log")
+            errors = _read(workdir / "errors.log") + stderr.decode(errors="replace")
+        # A port clash before anything was sent: nothing happened yet, so try new ports.
+        if attempt < START_ATTEMPTS and proc.returncode and not messages and _port_clash(errors):
+            continue
+        break
+    elapsed = time.monotonic() - started
     statuses = [
         int(code) for code in re.findall(r"message received[^\n]*\n+\s*SIP/2\.0 (\d{3})", messages)
     ]
@@ -515,26 +572,12 @@ class Agent:
         (workdir / "agent.xml").write_text(
             uas_scenario(self.status, self.receiver.port, self.ring_ms, self.hangup_after_ms,
                          self.audio))
-        media_port = free_media_port()
-        self._proc = await asyncio.create_subprocess_exec(
-            sipp_binary(), "-sf", "agent.xml", "-i", "127.0.0.1", "-p", str(self.port),
-            "-mp", str(media_port), "-nostdin", "-trace_msg", "-message_file", "messages.log",
-            cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        await self._wait_listening()
+        self._proc, self.port = await _start_listening(
+            "sipp agent", "127.0.0.1", self.port, workdir, lambda port, media: [
+                sipp_binary(), "-sf", "agent.xml", "-i", "127.0.0.1", "-p", str(port),
+                "-mp", str(media), "-nostdin", "-trace_msg", "-message_file", "messages.log",
+            ])
         return self
-
-    async def _wait_listening(self) -> None:
-        # sipp binds its SIP port at start; poll until the port is taken (bounded).
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", self.port))
-                except OSError:
-                    return
-            await asyncio.sleep(0.02)
-        raise RuntimeError(f"sipp agent did not start on port {self.port}")
 
     async def __aexit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -654,13 +697,12 @@ class Device:
             uas_scenario(self.status, self.receiver.port, self.ring_ms, self.hangup_after_ms,
                          self.audio))
         host, port = self.registrar
-        self._proc = await asyncio.create_subprocess_exec(
-            sipp_binary(), f"{host}:{port}", "-sf", "register.xml", "-oocsf", "answer.xml",
-            "-m", "1", "-i", self.address, "-p", str(self.port),
-            "-mp", str(free_media_port()), "-nostdin", "-trace_msg",
-            "-message_file", "messages.log",
-            cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
+        self._proc, self.port = await _start_listening(
+            f"device {self.name}", self.address, self.port, workdir, lambda own, media: [
+                sipp_binary(), f"{host}:{port}", "-sf", "register.xml", "-oocsf", "answer.xml",
+                "-m", "1", "-i", self.address, "-p", str(own), "-mp", str(media),
+                "-nostdin", "-trace_msg", "-message_file", "messages.log",
+            ])
         return self
 
     async def __aexit__(self, *exc: object) -> None:

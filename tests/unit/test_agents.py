@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +52,54 @@ async def test_acquire_is_exclusive_and_release_frees(store: AgentStore) -> None
     assert await store.acquire("a1", "call-2", 30)
 
 
-async def test_racing_calls_never_both_get_one_agent(store: AgentStore) -> None:
+def _race_for_agents(backend: str, where: str, prefix: str, owner: str, agents: list[str],
+                     start: Any, results: Any) -> None:
+    """One racing bridge process: its own store on the shared backend, then every agent."""
+    async def run() -> list[str]:
+        store: AgentStore = (SqliteAgentStore(Path(where)) if backend == "sqlite"
+                             else RedisAgentStore(where, prefix=prefix))
+        start.wait()  # all processes begin together
+        try:
+            return [agent for agent in agents if await store.acquire(agent, owner, 30)]
+        finally:
+            await store.close()
+
+    results.put((owner, asyncio.run(run())))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_racing_processes_never_both_get_one_agent(backend: str, tmp_path: Path,
+                                                   request: pytest.FixtureRequest) -> None:
+    # Separate processes, each with its own connection, all taking the same agents at once:
+    # only the backend's atomic check-and-take (BEGIN IMMEDIATE, a Lua script) keeps two of
+    # them from both winning an agent. Inside one process SQLite calls never interleave.
+    where = (str(tmp_path / "agents.sqlite3") if backend == "sqlite"
+             else request.getfixturevalue("redis_server").url)
+    if backend == "sqlite":
+        SqliteAgentStore(Path(where))  # create the schema before the race
+    prefix = f"race{next(_prefixes)}:"
+    agents = [f"agent-{n}" for n in range(300)]
+    racers = 4
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(racers)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_race_for_agents,
+                         args=(backend, where, prefix, f"bridge-{i}", agents, start, results))
+             for i in range(racers)]
+    for proc in procs:
+        proc.start()
+    won = dict(results.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    winners = {agent: [owner for owner, taken in won.items() if agent in taken]
+               for agent in agents}
+    doubles = {agent: owners for agent, owners in winners.items() if len(owners) > 1}
+    assert doubles == {}
+    assert all(len(owners) == 1 for owners in winners.values())
+
+
+async def test_racing_calls_in_one_process_never_both_get_one_agent(store: AgentStore) -> None:
     results = await asyncio.gather(*(store.acquire("agent", f"call-{i}", 30)
                                      for i in range(50)))
     assert results.count(True) == 1
