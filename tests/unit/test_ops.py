@@ -256,7 +256,7 @@ async def test_redis_agent_store_check_fails_once_the_server_is_gone() -> None:
         store = RedisAgentStore(server.url, prefix="health-test:")
         await store.check_writable()
     try:
-        with pytest.raises(Exception, match="(?i)connect"):
+        with pytest.raises(Exception, match=r"(?i)connect"):
             await store.check_writable()
     finally:
         await store.close()
