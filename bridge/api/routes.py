@@ -86,6 +86,9 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's code for it)
+        raise
     finally:
         metrics.REST_REQUESTS.labels(status=str(status)).inc()
         log.info("api.request", method=request.method, path=request.path, status=status,
