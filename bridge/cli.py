@@ -12,12 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from bridge.config import ConfigError, load_config
 from bridge.logging import setup_logging
 from bridge.ncco.actions import check as check_runnable
 from bridge.ncco.models import NccoError, parse_ncco_bytes
 
 DEFAULT_LAB_STATE = Path("/var/lib/ari-bridge/lab")
+
+log = structlog.get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,9 +105,6 @@ def _serve(args: argparse.Namespace) -> int:
 async def _serve_until_signal(service: Any, drain_timeout_s: float) -> None:
     """Serve until SIGTERM or SIGINT, then drain (bounded by ``drain_timeout_s``) and stop.
     A second signal cuts the drain short."""
-    import structlog
-
-    log = structlog.get_logger("bridge.cli")
     loop = asyncio.get_running_loop()
     received = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
