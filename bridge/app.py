@@ -1,4 +1,4 @@
-"""The aiohttp application: media for Asterisk, health, and the call engine behind them.
+"""The aiohttp application: media for Asterisk, health, metrics, and the call engine behind them.
 
 ``create_app`` builds everything; the ARI gateway, the webhook client and the call store live
 in the app's ``cleanup_ctx`` so they start after the HTTP server is bound (Asterisk fetches our
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from bridge import metrics
 from bridge.api import FileStore, RestApi
 from bridge.ari.gateway import AriGateway
 from bridge.calls.engine import CallEngine
@@ -39,7 +40,10 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.http.max_body_bytes)
     app[CONFIG_KEY] = config
     app[BASE_URL_KEY] = [config.http.base_url()]
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", readyz)  # the older name, kept for existing probes
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/media/{media_id}.wav", media_file)
     app[API_KEY] = RestApi(config, FileStore(config.recordings.path), lambda: app.get(ENGINE_KEY))
     app[API_KEY].register(app)
@@ -93,18 +97,67 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
         store.close()
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Healthy only while the ARI connection is up: a bridge without Asterisk takes no calls."""
-    gateway = request.app[GATEWAY_KEY]
-    engine = request.app[ENGINE_KEY]
+#: Longest a store may take to answer a readiness write (seconds); slower counts as failed.
+STORE_CHECK_TIMEOUT_S = 2.0
+
+
+async def livez(request: web.Request) -> web.Response:
+    """The process runs and its event loop answers: restart it only when this fails."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for new calls: ARI connected, both stores writable, not draining (200); else 503.
+
+    Every check is reported in ``checks`` (``ok``, and ``error`` when it failed) and the names
+    of the failed ones in ``failed``, so an operator sees why at once."""
+    engine = request.app.get(ENGINE_KEY)
+    gateway = request.app.get(GATEWAY_KEY)
+    if engine is None or gateway is None:  # the components are still starting
+        return web.json_response(
+            {"status": "unavailable", "failed": ["starting"],
+             "checks": {"starting": {"ok": False, "error": "the bridge is starting"}}},
+            status=503)
+
+    async def call_store() -> None:
+        engine.store.check_writable()
+
+    errors: dict[str, str | None] = {
+        "ari": None if gateway.connected else (gateway.last_error or "not connected"),
+        "call_store": await _probe(call_store),
+        "agent_store": await _probe(engine.agents.check_writable),
+        "draining": "the bridge is shutting down (SIGTERM)" if engine.draining else None,
+    }
+    failed = [name for name, error in errors.items() if error is not None]
     body = {
-        "status": "ok" if gateway.connected else "unavailable",
+        "status": "unavailable" if failed else "ok",
+        "failed": failed,
+        "checks": {name: {"ok": True} if error is None else {"ok": False, "error": error}
+                   for name, error in errors.items()},
         "ari": "connected" if gateway.connected else "disconnected",
         "ari_error": gateway.last_error,
+        "draining": engine.draining,
         "live_calls": len(engine.sessions),
         "calls_started": engine.calls_started,
     }
-    return web.json_response(body, status=200 if gateway.connected else 503)
+    return web.json_response(body, status=503 if failed else 200)
+
+
+async def _probe(check: Callable[[], Awaitable[None]]) -> str | None:
+    """None when ``check`` succeeds in time, else what went wrong."""
+    try:
+        await asyncio.wait_for(check(), STORE_CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return f"no answer within {STORE_CHECK_TIMEOUT_S:g} s"
+    except Exception as exc:  # sqlite3, redis and OS errors alike: report, never crash
+        text = str(exc).strip()
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return None
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus' text format (bridge/metrics.py); unauthenticated, like the probes."""
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def media_file(request: web.Request) -> web.StreamResponse:
@@ -164,9 +217,13 @@ class BridgeService:
             await self._runner.cleanup()
             self._runner = None
 
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
+    async def drain(self, timeout_s: float) -> None:
+        """What SIGTERM does before :meth:`stop`: take no new calls (``/readyz`` says 503,
+        inbound calls get SIP 503 from the dialplan's fallback), and deliver the events
+        already queued, waiting at most ``timeout_s`` seconds. Live calls are left in
+        Asterisk (``stop`` does not hang them up), for the next bridge to resume."""
+        engine = self.app.get(ENGINE_KEY)
+        if engine is None:  # never started: nothing to drain
+            return
+        engine.start_draining()
+        await engine.flush_events(timeout_s)

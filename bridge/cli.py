@@ -12,12 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from bridge.config import ConfigError, load_config
 from bridge.logging import setup_logging
 from bridge.ncco.actions import check as check_runnable
 from bridge.ncco.models import NccoError, parse_ncco_bytes
 
 DEFAULT_LAB_STATE = Path("/var/lib/ari-bridge/lab")
+
+log = structlog.get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +98,31 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.json_output)
     from bridge.app import BridgeService
 
-    asyncio.run(_run_until_signal(BridgeService(config).serve_forever()))
+    asyncio.run(_serve_until_signal(BridgeService(config), config.service.drain_timeout_s))
     return 0
+
+
+async def _serve_until_signal(service: Any, drain_timeout_s: float) -> None:
+    """Serve until SIGTERM or SIGINT, then drain (bounded by ``drain_timeout_s``) and stop.
+    A second signal cuts the drain short."""
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, received.set)
+    try:
+        await service.start()
+        await received.wait()
+        log.info("bridge.draining", drain_timeout_s=drain_timeout_s)
+        drain = asyncio.ensure_future(service.drain(drain_timeout_s))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, drain.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+    finally:
+        await service.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("bridge.stopped")
 
 
 async def _run_until_signal(coro: Any) -> None:
@@ -199,7 +226,7 @@ async def _demo_async(args: argparse.Namespace, info: Any) -> int:
         if not await bridge.gateway.wait_connected(30):
             print(f"the bridge could not reach ARI: {bridge.gateway.last_error}", file=sys.stderr)
             return 1
-        print(f"bridge is up: {bridge.base_url} (health: {bridge.base_url}/healthz)")
+        print(f"bridge is up: {bridge.base_url} (health: {bridge.base_url}/readyz)")
         print("placing a demo call with sipp to 15551230000 ...")
         receiver = await RtpReceiver.open()
         try:

@@ -310,6 +310,13 @@ class ConnectAppletConfig(_Strict):
         return 5.0 if self.dialect == "1.1" else 10.0
 
 
+class ServiceConfig(_Strict):
+    drain_timeout_s: float = Field(
+        10.0, gt=0, le=600,
+        description="on SIGTERM, how long (seconds) pending events may take to be delivered "
+                    "before the process exits anyway")
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = Field(False, alias="json")
@@ -322,6 +329,7 @@ class Config(_Strict):
     media: MediaConfig = MediaConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     log: LogConfig = LogConfig()
+    service: ServiceConfig = ServiceConfig()
     applications: list[ApplicationConfig] = []
     numbers: dict[str, str] = Field(
         default_factory=dict, description="inbound number -> application id; '*' is the default"

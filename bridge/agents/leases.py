@@ -7,6 +7,7 @@ import contextlib
 
 import structlog
 
+from bridge import metrics
 from bridge.agents.store import AgentStore
 
 log = structlog.get_logger(__name__)
@@ -27,17 +28,23 @@ class HeldAgents:
         if agent in self.agents:
             return True
         if await self.store.acquire(agent, self.owner, self.lease_s):
-            self.agents.add(agent)
+            self._add(agent)
             return True
         return False
 
     async def hold(self, agent: str) -> None:
         await self.store.hold(agent, self.owner, self.lease_s)
-        self.agents.add(agent)
+        self._add(agent)
+
+    def _add(self, agent: str) -> None:
+        if agent not in self.agents:
+            self.agents.add(agent)
+            metrics.AGENT_LEASES_HELD.inc()
 
     async def release(self, agent: str) -> None:
         if agent in self.agents:
             self.agents.discard(agent)
+            metrics.AGENT_LEASES_HELD.dec()
             try:
                 await self.store.release(agent, self.owner)
             except Exception as exc:  # the lease expires by itself

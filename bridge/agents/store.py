@@ -70,6 +70,10 @@ class AgentStore(abc.ABC):
     async def sticky(self, caller: str) -> str | None:
         """The agent who last answered ``caller``, if the mapping is still alive."""
 
+    @abc.abstractmethod
+    async def check_writable(self) -> None:
+        """Make one small write (``GET /readyz``); raises when the store cannot take it."""
+
     async def close(self) -> None:  # noqa: B027 - optional for backends
         """Release connections."""
 
@@ -86,6 +90,10 @@ CREATE TABLE IF NOT EXISTS sticky_agents (
     caller TEXT PRIMARY KEY,
     agent TEXT NOT NULL,
     expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS store_health (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at REAL NOT NULL
 );
 """
 
@@ -165,6 +173,9 @@ class SqliteAgentStore(AgentStore):
         row = self._db.execute("SELECT agent FROM sticky_agents WHERE caller = ? AND expires > ?",
                                (caller, time.time())).fetchone()
         return str(row[0]) if row else None
+
+    async def check_writable(self) -> None:
+        self._db.execute("INSERT OR REPLACE INTO store_health VALUES (1, ?)", (time.time(),))
 
     async def close(self) -> None:
         self._db.close()
@@ -250,6 +261,11 @@ class RedisAgentStore(AgentStore):
     async def sticky(self, caller: str) -> str | None:
         value = await self._redis.get(f"{self.prefix}sticky:{caller}")
         return str(value) if value else None
+
+    async def check_writable(self) -> None:
+        # A key of its own with a short life: nothing to clean up, and a read-only replica
+        # or an out-of-memory server refuses it.
+        await self._redis.set(f"{self.prefix}health", str(time.time()), px=60_000)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
@@ -21,6 +22,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from bridge import metrics
 from bridge.api import models as m
 from bridge.api.auth import AuthError, KeyRing, Principal
 from bridge.api.files import FileStore
@@ -28,7 +30,7 @@ from bridge.api.models import ApiError, bad_request
 from bridge.api.openapi import spec
 from bridge.ari.errors import AriError, ChannelGone
 from bridge.calls.history import CallEntry
-from bridge.calls.outbound import OutboundCall
+from bridge.calls.outbound import Draining, OutboundCall
 from bridge.calls.session import CallSession, CallState
 from bridge.config import Config
 from bridge.media import MediaError, resolve_voice
@@ -68,6 +70,33 @@ def _is_api(path: str) -> bool:
 
 
 @web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line and one ``rest_requests_total`` count per REST API request. Outermost, so it
+    sees the status the client gets. It logs the method, the path (no query string) and the
+    application, never a header: the token stays out of the logs. The application is the
+    one ``_auth`` verified: the handler runs in this task, so its context is this one."""
+    if not _is_api(request.path):
+        return await handler(request)
+    started = time.perf_counter()
+    status = 500  # what aiohttp answers when a handler raises anything else
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's code for it)
+        raise
+    finally:
+        metrics.REST_REQUESTS.labels(status=str(status)).inc()
+        log.info("api.request", method=request.method, path=request.path, status=status,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                 application_id=_application_id())
+
+
+@web.middleware
 async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Errors under /v1 in Vonage's JSON format, whatever raised them (routing, body size)."""
     if not _is_api(request.path):
@@ -91,6 +120,11 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return problem(ApiError(500, "Internal Server Error", "an internal error occurred"))
 
 
+def _application_id() -> str | None:
+    principal = _principal.get(None)
+    return principal.application_id if principal is not None else None
+
+
 class RestApi:
     """The API's state: keys, files, playbacks started over REST, and the engine."""
 
@@ -104,6 +138,7 @@ class RestApi:
         self._playing: dict[tuple[str, str], asyncio.Task[Any]] = {}
 
     def register(self, app: web.Application) -> None:
+        app.middlewares.append(access_log)
         app.middlewares.append(api_errors)
         r = app.router
         r.add_get("/openapi.json", self.openapi)
@@ -447,6 +482,8 @@ class RestApi:
         )
         try:
             session: CallSession = await engine.place_call(call)
+        except Draining as exc:
+            raise ApiError(503, "Service Unavailable", str(exc)) from None
         except ValueError as exc:
             raise bad_request(str(exc), "to", str(exc)) from None
         except AriError as exc:

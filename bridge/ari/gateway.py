@@ -22,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -32,6 +33,7 @@ import aiohttp
 import structlog
 from aioswagger11.http_client import ApiKeyAuthenticator, AsynchronousHttpClient
 
+from bridge import metrics
 from bridge.ari.errors import AriError, AriUnavailable, ChannelGone
 from bridge.config import AriConfig
 
@@ -281,6 +283,7 @@ class AriGateway:
         """One ARI request. A 404 (or 'not in Stasis') on ``channel_id`` raises ChannelGone."""
         if self._http is None:
             raise AriUnavailable(method, path, None, "gateway not started")
+        started = time.perf_counter()
         try:
             async with self._http.request(
                 method, self._base + path, params=_params(params), json=body
@@ -297,6 +300,9 @@ class AriGateway:
                 return json.loads(text) if text else None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AriUnavailable(method, path, None, _describe(exc)) from None
+        finally:
+            metrics.ARI_REQUEST_SECONDS.labels(method=method).observe(
+                time.perf_counter() - started)
 
     # Channel operations; each raises ChannelGone when the channel has hung up.
     async def answer(self, channel_id: str) -> None:
@@ -371,13 +377,14 @@ class AriGateway:
         return (str(variables.get("UNICASTRTP_LOCAL_ADDRESS", "127.0.0.1")),
                 int(variables.get("UNICASTRTP_LOCAL_PORT", 0)))
 
-    async def continue_in_dialplan(self, channel_id: str, context: str, extension: str = "s"
-                                   ) -> None:
-        """Send a channel to the dialplan (it may come back with a new StasisStart)."""
-        await self.request(
-            "POST", f"/channels/{channel_id}/continue",
-            {"context": context, "extension": extension, "priority": 1}, channel_id=channel_id,
-        )
+    async def continue_in_dialplan(self, channel_id: str, context: str, extension: str = "s",
+                                   label: str | None = None) -> None:
+        """Send a channel to the dialplan (it may come back with a new StasisStart): at
+        priority 1, or at ``label`` of that extension."""
+        target: dict[str, Any] = {"context": context, "extension": extension}
+        target.update({"label": label} if label else {"priority": 1})
+        await self.request("POST", f"/channels/{channel_id}/continue", target,
+                           channel_id=channel_id)
 
     async def send_dtmf(self, channel_id: str, digits: str, between_ms: int = 100) -> None:
         """Send RFC 4733 digits; 'w' in ``digits`` is a 500 ms pause."""
@@ -459,6 +466,7 @@ class AriGateway:
             raise AriUnavailable("GET", f"/recordings/stored/{name}/file", None,
                                  "gateway not started")
         path = f"/recordings/stored/{name}/file"
+        started = time.perf_counter()
         try:
             async with self._http.get(self._base + path) as resp:
                 body = await resp.read()
@@ -468,6 +476,9 @@ class AriGateway:
                 return body
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AriUnavailable("GET", path, None, _describe(exc)) from None
+        finally:
+            metrics.ARI_REQUEST_SECONDS.labels(method="GET").observe(
+                time.perf_counter() - started)
 
     async def delete_stored_recording(self, name: str) -> None:
         """Delete a stored recording; one that is already gone is fine."""

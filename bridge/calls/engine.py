@@ -15,22 +15,24 @@ import asyncio
 import contextlib
 import time
 import uuid as uuidlib
+import weakref
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from bridge import metrics
 from bridge.agents import open_agent_store
 from bridge.agents.devices import DeviceProvisioner
 from bridge.agents.tracking import track_call
 from bridge.api.files import FileStore
-from bridge.ari.errors import AriError
+from bridge.ari.errors import AriError, ChannelGone
 from bridge.ari.gateway import AriGateway, Event, new_id
 from bridge.calls import events as ev
 from bridge.calls.conferences import ConferenceRegistry
 from bridge.calls.history import CallHistory
-from bridge.calls.outbound import OutboundCall
+from bridge.calls.outbound import Draining, OutboundCall
 from bridge.calls.session import CallSession
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig, Config
@@ -46,6 +48,11 @@ from bridge.webhooks import EventOutbox, Signer, Timeouts, WebhookClient
 log = structlog.get_logger(__name__)
 
 Runner = Callable[[CallSession, Any], Coroutine[Any, Any, list[Action] | None]]
+
+#: Where the dialplan (asterisk-config/extensions.conf, [ari-bridge-inbound]) rejects a call
+#: when the bridge cannot take it: it logs and hangs up with cause 34, which PJSIP answers
+#: as SIP 503, so a carrier fails over to another Asterisk.
+UNAVAILABLE_LABEL = "unavailable"
 
 
 class CallEngine:
@@ -70,6 +77,11 @@ class CallEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls_started = 0
         self.calls_rejected = 0
+        #: Set on SIGTERM: new calls are turned away, live ones keep running until exit.
+        self.draining = False
+        # Every event outbox still alive (live calls, and ended calls still delivering),
+        # so a drain can flush them; weak, so a delivered call's outbox just goes away.
+        self._outboxes: weakref.WeakSet[EventOutbox] = weakref.WeakSet()
         self.history = CallHistory()  # ended calls, for GET /v1/calls
         self.conferences = ConferenceRegistry(gateway)  # named conversation rooms
         self.recordings = RecordingService(  # record, conversation record
@@ -104,10 +116,12 @@ class CallEngine:
         return Signer(secret=app.signature_secret.get_secret_value(), application_id=app.id)
 
     def new_outbox(self, app: ApplicationConfig) -> EventOutbox:
-        return EventOutbox(
+        outbox = EventOutbox(
             self.webhooks, self.timeouts(app, event=True), self.signer(app),
             app.fallback_answer_url,
         )
+        self._outboxes.add(outbox)
+        return outbox
 
     def runner(self, name: str) -> Runner:
         return action_modules.RUNNERS[name]
@@ -132,6 +146,10 @@ class CallEngine:
         if not args or args[0] != "inbound":
             log.warning("call.unexpected_channel", channel_id=channel_id, args=args)
             self._spawn(self.gateway.hangup(channel_id))
+            return
+        if self.draining:
+            self.calls_rejected += 1
+            self._spawn(self._reject_while_draining(channel))
             return
         to = args[1] if len(args) > 1 else str(channel.get("dialplan", {}).get("exten", ""))
         caller = args[2] if len(args) > 2 else str(channel.get("caller", {}).get("number", ""))
@@ -162,8 +180,31 @@ class CallEngine:
         first: list[Any] | None = [ExotelConnect(number=to)] if applet is not None else None
         self._start(CallSession(self, record, first))
 
+    async def _reject_while_draining(self, channel: dict[str, Any]) -> None:
+        """Send a new inbound call back to the dialplan's fallback (SIP 503), as if no
+        bridge were connected: the carrier retries elsewhere, no event is sent."""
+        channel_id = str(channel.get("id", ""))
+        dialplan = channel.get("dialplan") or {}
+        context = str(dialplan.get("context") or "ari-bridge-inbound")
+        extension = str(dialplan.get("exten") or "s")
+        log.info("call.rejected_draining", channel_id=channel_id, to=extension)
+        try:
+            await self.gateway.continue_in_dialplan(channel_id, context, extension,
+                                                    label=UNAVAILABLE_LABEL)
+        except ChannelGone:
+            return
+        except AriError as exc:
+            # A dialplan without the label: congestion (cause 34) is the same SIP 503.
+            log.warning("call.reject_fallback_missing", channel_id=channel_id,
+                        context=context, error=exc.details)
+            await self.gateway.hangup(channel_id, "congestion")
+
     async def place_call(self, request: OutboundCall) -> CallSession:
-        """Start an outbound call; returns at once (the session rings, then runs the NCCO)."""
+        """Start an outbound call; returns at once (the session rings, then runs the NCCO).
+
+        Raises :class:`Draining` once the bridge is shutting down."""
+        if self.draining:
+            raise Draining("the bridge is shutting down and takes no new calls")
         app = self.application(request.application_id)
         overrides: dict[str, Any] = {}
         if request.event_url:
@@ -192,6 +233,7 @@ class CallEngine:
 
     def _start(self, session: CallSession) -> None:
         self.calls_started += 1
+        metrics.CALLS_ACTIVE.inc()
         self.sessions[session.uuid] = session
         self.by_channel[session.channel_id] = session
         self.gateway.route(f"channel:{session.channel_id}", session.on_event)
@@ -205,7 +247,8 @@ class CallEngine:
 
     def forget(self, session: CallSession) -> None:
         """Called by a session once it has ended."""
-        self.sessions.pop(session.uuid, None)
+        if self.sessions.pop(session.uuid, None) is not None:
+            metrics.CALLS_ACTIVE.dec()
         self.by_channel.pop(session.channel_id, None)
         self.history.record_ended(session)
         self.gateway.unroute(f"channel:{session.channel_id}")
@@ -272,6 +315,7 @@ class CallEngine:
         """Send ``completed`` for a call that ended while no bridge was running."""
         app = self.config.application(record.application_id)
         self.store.delete(record.uuid)
+        metrics.CALLS_ENDED.labels(status="completed").inc()
         if app is None or app.event_url is None:
             return
         started = datetime.fromisoformat(record.started_at.replace("Z", "+00:00"))
@@ -289,6 +333,27 @@ class CallEngine:
         self._spawn(outbox.drain())
 
     # ------------------------------------------------------------------ shutdown
+    def start_draining(self) -> None:
+        """Take no new calls (inbound ones get SIP 503, REST ones an error); live calls go
+        on until the process exits and stay in Asterisk for the next bridge."""
+        if not self.draining:
+            self.draining = True
+            log.info("drain.started", live_calls=len(self.sessions))
+
+    async def flush_events(self, timeout_s: float) -> None:
+        """Deliver the events queued in every outbox, waiting at most ``timeout_s`` seconds;
+        what is still undelivered then is given up (logged by the outbox)."""
+        outboxes = list(self._outboxes)
+        queued = sum(outbox.pending for outbox in outboxes)
+        started = time.monotonic()
+        failed_before = sum(outbox.failed for outbox in outboxes)
+        # Each drain is bounded by the same timeout, and they run side by side.
+        await asyncio.gather(*(outbox.drain(timeout_s) for outbox in outboxes),
+                             return_exceptions=True)
+        log.info("drain.events_flushed", outboxes=len(outboxes), queued=queued,
+                 failed=sum(outbox.failed for outbox in outboxes) - failed_before,
+                 seconds=round(time.monotonic() - started, 3))
+
     async def shutdown(self) -> None:
         """Stop driving calls without hanging them up: a restarted bridge resumes them."""
         for task in list(self._tasks):
@@ -296,6 +361,8 @@ class CallEngine:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
+        # Those calls are no longer driven by this process.
+        metrics.CALLS_ACTIVE.dec(len(self.sessions))
         self.sessions.clear()
         self.by_channel.clear()
         await self.agents.close()

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from bridge.ncco.models import Action, PhoneEndpoint, SipEndpoint, WebsocketEndpoint
 
 
+class Draining(Exception):
+    """The bridge is shutting down (SIGTERM) and places no new calls."""
+
+
 @dataclass
 class OutboundCall:
     application_id: str

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from bridge import metrics
 from bridge.ari.errors import AriError, ChannelGone
 from bridge.calls import events as ev
 from bridge.calls.outbound import OutboundCall
@@ -445,6 +446,7 @@ class CallSession:
         if action.NEEDS_MEDIA:
             await self.ensure_answered()
         self.log.debug("action.start", action=action.action, position=self.position)
+        metrics.NCCO_ACTIONS.labels(action=action.action).inc()
         self._current = asyncio.create_task(runner(self, action), name=f"{action.action}")
         try:
             result = await self._current
@@ -504,8 +506,10 @@ class CallSession:
         self.log.info("call.ended", direction=self.direction, to=self.record.to_number,
                       answered=self.answered is not None, disconnected_by=self.disconnected_by,
                       actions_run=self.position, replacements=self.replacements)
-        if self.app.event_url is not None and (self.outbound is None or
-                                               self.answered is not None):
+        # An outbound call that was never answered ended with its failure status.
+        reached = self.outbound is None or self.answered is not None
+        metrics.CALLS_ENDED.labels(status="completed" if reached else self.final_status).inc()
+        if self.app.event_url is not None and reached:
             # An outbound call that was never answered ended with its failure status
             # (busy, timeout, ...), as Vonage reports it; there is no conversation to complete.
             self.status(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ CREATE TABLE IF NOT EXISTS live_calls (
     ncco TEXT NOT NULL,
     position INTEGER NOT NULL,
     replacements INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+#: One row, rewritten by every readiness check: proof that the database takes writes.
+_HEALTH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS store_health (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at REAL NOT NULL
 )
 """
 
@@ -57,9 +66,15 @@ class CallStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_HEALTH_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
+
+    def check_writable(self) -> None:
+        """Commit one small write (``GET /readyz``); raises ``sqlite3.Error`` when the
+        database cannot take writes (read-only, disk full, locked, closed)."""
+        self._db.execute("INSERT OR REPLACE INTO store_health VALUES (1, ?)", (time.time(),))
 
     def save(self, record: CallRecord) -> None:
         self._db.execute(
