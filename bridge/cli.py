@@ -158,6 +158,9 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     print(f"configuration OK: {len(config.applications)} application(s), "
           f"{len(config.numbers)} number(s), {len(config.trunks)} trunk(s)")
+    ari = config.ari
+    print(f"  ari: url={ari.url} username={ari.username} app={ari.app} password="
+          f"{'set' if ari.password.get_secret_value() else 'EMPTY'}")
     for store in describe_stores(config):
         print("  " + " ".join(f"{k}={v}" for k, v in store.items()))
     return 0

@@ -145,3 +145,32 @@ def test_a_config_that_passes_check_config_starts(tmp_path: Path) -> None:
     assert stores["agents"]["backend"] == "redis"
     assert stores["agents"]["url"] == "redis://:***@127.0.0.1:9/2"
     assert "redis-pw-marker" not in "".join(lines)
+
+
+# ------------------------------------------------------------------ the lab's ari.env
+def test_sourcing_the_lab_credentials_reaches_the_bridge(tmp_path: Path) -> None:
+    from bridge.lab._model import read_password, write_credentials
+
+    password = "it's $HOME; `no` \"subshell\""  # quoting must survive the shell
+    creds = write_credentials(tmp_path / "lab", ari_url="http://127.0.0.1:18088",
+                              password=password, app_name="lab-app")
+    assert read_password(tmp_path / "lab") == password
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: {{path: '{tmp_path}/calls.sqlite3'}}\n"
+                      f"media: {{path: '{tmp_path}/media'}}\n"
+                      f"recordings: {{path: '{tmp_path}/recordings'}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARI_BRIDGE_")}
+    script = 'source "$1" && exec "${@:2}"'  # bash, as in the README
+    for shell in (["bash", "-c", script], ["sh", "-c", '. "$1" && shift && exec "$@"']):
+        result = subprocess.run(
+            [*shell, "sh", str(creds), *ARI_BRIDGE, "check-config", "--config", str(config)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert ("ari: url=http://127.0.0.1:18088 username=ari-bridge app=lab-app password=set"
+                in result.stdout), shell
+        assert "ari.password is empty" not in result.stderr
+
+    # Without it, check-config says what is missing.
+    bare = run("check-config", "--config", str(config), env=env)
+    assert "password=EMPTY" in bare.stdout
+    assert "warning: ari.password is empty" in bare.stderr
