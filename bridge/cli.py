@@ -97,6 +97,8 @@ def _lab_opts(args: argparse.Namespace) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.log.level, config.log.json_output)
+    structlog.get_logger("bridge.cli").info("bridge.starting", version=__version__,
+                                            config=str(args.config) if args.config else None)
     if not _preflight(config):
         return 2
     from bridge.app import BridgeService

@@ -139,6 +139,9 @@ def test_a_config_that_passes_check_config_starts(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]  # log.json: every line is JSON
     events = [r["event"] for r in records]
     assert "bridge.listening" in events and "ari.disconnected" in events, events
+    starting = next(r for r in records if r["event"] == "bridge.starting")
+    assert starting["version"] == version("ari-bridge")
+    assert starting["config"] == str(config)
     stores = {r["store"]: r for r in records if r["event"] == "store.opened"}
     assert stores["calls"]["backend"] == "sqlite"
     assert stores["calls"]["path"] == f"{tmp_path}/state/calls.sqlite3"
