@@ -2,8 +2,9 @@
 
 Both commands run :func:`run_checks` on a loaded configuration, so a file that passes
 ``ari-bridge check-config`` also starts: public keys parse, the call store and the agent store
-can be opened, the media and recordings directories can be written, and the NCCOs written into
-the configuration (Exotel Connect transitions) are runnable, voices included. Checks never
+can be opened, the media and recordings directories can be written, ``http.host`` is an address
+of this machine, and the NCCOs written into the configuration (Exotel Connect transitions) are
+runnable, voices included. Checks never
 change anything: a directory that does not exist yet is judged by the nearest one that does
 (``serve`` creates the rest).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
@@ -47,8 +49,9 @@ def run_checks(config: Config) -> Report:
     if config.agents.backend == "sqlite":
         key = "agents.path" if config.agents.path else "agents.path (beside store.path)"
         _check_sqlite(key, config.agents_path(), report)
-    elif not config.agents.redis_url:
-        report.errors.append("agents.redis_url: required for the redis backend")
+    else:
+        _check_redis_url(config.agents.redis_url, report)
+    _check_http_host(config.http.host, report)
     _check_directory("media.path", config.media.path, report)
     _check_directory("recordings.path", config.recordings.path, report)
     _check_applet_nccos(config, report)
@@ -120,6 +123,30 @@ def _check_sqlite(key: str, path: Path, report: Report) -> None:
     problem = _writable(path.parent)
     if problem:
         report.errors.append(f"{key}: {problem}")
+
+
+def _check_redis_url(url: str | None, report: Report) -> None:
+    """The URL the agent store's connection pool is built from at start (parsed, not
+    connected: Redis may come up after the bridge)."""
+    if not url:
+        report.errors.append("agents.redis_url: required for the redis backend")
+        return
+    import redis.asyncio as aioredis
+
+    try:
+        aioredis.BlockingConnectionPool.from_url(url)
+    except ValueError as exc:
+        report.errors.append(f"agents.redis_url: {redact_url(url)}: {exc}")
+
+
+def _check_http_host(host: str, report: Report) -> None:
+    """``http.host`` is an IPv4 address (or name) of this machine, bound as ``serve`` binds it
+    but on port 0, so a bridge already running on the configured port is no obstacle."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+    except OSError as exc:
+        report.errors.append(f"http.host: cannot listen on {host!r}: {exc.strerror or exc}")
 
 
 def _check_directory(key: str, path: Path, report: Report) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,31 @@ def test_each_problem_is_named_by_its_key(tmp_path: Path) -> None:
         assert error.startswith(start), (error, start)
 
 
-def test_redis_backend_needs_a_url(tmp_path: Path) -> None:
+def test_redis_backend_needs_a_url_redis_can_use(tmp_path: Path) -> None:
     errors = run_checks(config(tmp_path, agents={"backend": "redis"})).errors
     assert errors == ["agents.redis_url: required for the redis backend"]
+    errors = run_checks(config(tmp_path, agents={
+        "backend": "redis", "redis_url": "redis://:s3cr3t@127.0.0.1:sixthousand/0"})).errors
+    assert len(errors) == 1
+    assert errors[0].startswith("agents.redis_url: redis://:***@127.0.0.1:sixthousand/0: ")
+    assert "s3cr3t" not in errors[0]
+    # A well-formed URL passes without a Redis server: nothing is contacted.
+    assert run_checks(config(tmp_path, agents={
+        "backend": "redis", "redis_url": "redis://127.0.0.1:9/0"})).ok
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])
+def test_http_host_must_be_of_this_machine(tmp_path: Path, host: str) -> None:
+    errors = run_checks(config(tmp_path, http={"host": host, "port": 8080})).errors
+    assert len(errors) == 1 and errors[0].startswith(f"http.host: cannot listen on {host!r}: ")
+
+
+def test_a_port_in_use_is_no_obstacle_to_the_check(tmp_path: Path) -> None:
+    with socket.socket() as running:  # as if the bridge were already serving
+        running.bind(("127.0.0.1", 0))
+        running.listen()
+        port = running.getsockname()[1]
+        assert run_checks(config(tmp_path, http={"host": "127.0.0.1", "port": port})).ok
 
 
 def test_warnings_do_not_stop_a_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
