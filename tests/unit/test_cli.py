@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -24,7 +25,12 @@ ARI_BRIDGE = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "br
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*ARI_BRIDGE, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=False, env=env)
+                          timeout=120, check=False, env=_clean_environ() if env is None else env)
+
+
+def _clean_environ() -> dict[str, str]:
+    """This environment without ARI_BRIDGE_* settings, which would change the outcome."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("ARI_BRIDGE_")}
 
 
 def unreadable_paths(tmp_path: Path) -> Iterator[tuple[str, Path]]:
@@ -111,7 +117,7 @@ def test_a_config_that_passes_check_config_starts(tmp_path: Path) -> None:
     assert f"store=calls backend=sqlite path={tmp_path}/state/calls.sqlite3" in checked.stdout
     assert f"store=agents backend=sqlite path={tmp_path}/state/agents.sqlite3" in checked.stdout
 
-    env = {**os.environ, "ARI_BRIDGE_AGENTS__BACKEND": "redis",
+    env = {**_clean_environ(), "ARI_BRIDGE_AGENTS__BACKEND": "redis",
            "ARI_BRIDGE_AGENTS__REDIS_URL": "redis://:redis-pw-marker@127.0.0.1:9/2"}
     process = subprocess.Popen([*ARI_BRIDGE, "serve", "--config", str(config)], cwd=REPO,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -121,7 +127,9 @@ def test_a_config_that_passes_check_config_starts(tmp_path: Path) -> None:
         assert process.stderr is not None
         deadline = time.monotonic() + 90
         # Up to the first failed ARI connection (ARI is a closed port here).
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([process.stderr], [], [], left)[0]:
+                break
             line = process.stderr.readline()
             if not line:
                 break
@@ -162,7 +170,7 @@ def test_sourcing_the_lab_credentials_reaches_the_bridge(tmp_path: Path) -> None
     config.write_text(f"store: {{path: '{tmp_path}/calls.sqlite3'}}\n"
                       f"media: {{path: '{tmp_path}/media'}}\n"
                       f"recordings: {{path: '{tmp_path}/recordings'}}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARI_BRIDGE_")}
+    env = _clean_environ()
     script = 'source "$1" && exec "${@:2}"'  # bash, as in the README
     for shell in (["bash", "-c", script], ["sh", "-c", '. "$1" && shift && exec "$@"']):
         result = subprocess.run(
