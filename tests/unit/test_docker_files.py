@@ -162,6 +162,15 @@ def test_compose_keeps_store_and_recordings_in_named_volumes() -> None:
     assert "/var/lib/ari-bridge/recordings" in dockerfile and "USER ari-bridge" in dockerfile
 
 
+def test_compose_leaves_the_drain_its_time() -> None:
+    bridge = _compose()["services"]["bridge"]
+    assert bridge["stop_signal"] == "SIGTERM"
+    grace = re.fullmatch(r"(\d+)s", bridge["stop_grace_period"])
+    assert grace is not None
+    # service.drain_timeout_s defaults to 10 s; Docker's own default grace is 10 s too.
+    assert int(grace.group(1)) >= 20
+
+
 def test_bridge_waits_for_a_healthy_asterisk() -> None:
     depends = _compose()["services"]["bridge"]["depends_on"]
     assert depends == {"asterisk": {"condition": "service_healthy"}}
