@@ -24,6 +24,7 @@ from bridge.calls.store import CallStore
 from bridge.config import Config
 from bridge.media import EspeakTts, MediaStore
 from bridge.media.asr import PocketsphinxAsr
+from bridge.preflight import describe_stores
 from bridge.webhooks import WebhookClient
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,8 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE_KEY] = engine
     app[GATEWAY_KEY] = gateway
     app[MEDIA_KEY] = media
+    for store_in_use in describe_stores(config):  # which database holds what, at a glance
+        log.info("store.opened", **store_in_use)
     await gateway.start()
     await engine.recordings.start()
     try:

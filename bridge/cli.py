@@ -14,7 +14,8 @@ from typing import Any
 
 import structlog
 
-from bridge.config import ConfigError, load_config
+from bridge import __version__
+from bridge.config import Config, ConfigError, load_config
 from bridge.logging import setup_logging
 from bridge.ncco.actions import check as check_runnable
 from bridge.ncco.models import NccoError, parse_ncco_bytes
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ari-bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(metavar="command")
 
     serve = sub.add_parser("serve", help="run the bridge")
@@ -51,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.set_defaults(handler=_validate)
 
-    check = sub.add_parser("check-config", help="validate a configuration file")
+    check = sub.add_parser(
+        "check-config", help="check a configuration file (and the environment) as serve does")
     check.add_argument("--config", type=Path, required=True)
     check.set_defaults(handler=_check_config)
 
@@ -96,6 +99,10 @@ def _lab_opts(args: argparse.Namespace) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.log.level, config.log.json_output)
+    structlog.get_logger("bridge.cli").info("bridge.starting", version=__version__,
+                                            config=str(args.config) if args.config else None)
+    if not _preflight(config):
+        return 2
     from bridge.app import BridgeService
 
     asyncio.run(_serve_until_signal(BridgeService(config), config.service.drain_timeout_s))
@@ -134,8 +141,25 @@ async def _run_until_signal(coro: Any) -> None:
         await task
 
 
+def _preflight(config: Config) -> bool:
+    """The checks check-config runs, logged; False when the bridge must not start."""
+    from bridge.preflight import run_checks
+
+    log = structlog.get_logger("bridge.cli")
+    report = run_checks(config)
+    for warning in report.warnings:
+        log.warning("config.warning", problem=warning)
+    for error in report.errors:
+        log.error("config.invalid", problem=error)
+    return report.ok
+
+
 def _validate(args: argparse.Namespace) -> int:
-    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"ari-bridge: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         actions = parse_ncco_bytes(body)
         check_runnable(actions)
@@ -147,9 +171,25 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from bridge.preflight import describe_stores, run_checks
+
     config = load_config(args.config)
+    report = run_checks(config)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not report.ok:
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"ari-bridge: {args.config}: {len(report.errors)} problem(s); serve would not "
+              "start", file=sys.stderr)
+        return 2
     print(f"configuration OK: {len(config.applications)} application(s), "
           f"{len(config.numbers)} number(s), {len(config.trunks)} trunk(s)")
+    ari = config.ari
+    print(f"  ari: url={ari.url} username={ari.username} app={ari.app} password="
+          f"{'set' if ari.password.get_secret_value() else 'EMPTY'}")
+    for store in describe_stores(config):
+        print("  " + " ".join(f"{k}={v}" for k, v in store.items()))
     return 0
 
 

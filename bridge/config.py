@@ -1,16 +1,24 @@
 """One validated configuration: a YAML file plus environment overrides.
 
 Environment variables named ``ARI_BRIDGE_<SECTION>__<KEY>`` override the file, for example
-``ARI_BRIDGE_ARI__PASSWORD``; secrets belong there rather than in the file. Every error names
-the key that is wrong, so a bad configuration fails at start and never in the middle of a call.
+``ARI_BRIDGE_ARI__PASSWORD``; secrets belong there rather than in the file. Names are not
+case-sensitive and ``__`` goes one level down, as in pydantic-settings. A list item is addressed
+by its id (``id``, else ``name``) spelled as :func:`env_segment` does, so the application
+``my-app`` is ``ARI_BRIDGE_APPLICATIONS__MY_APP__SIGNATURE_SECRET``; a list without ids (routes)
+by position. A setting that is a list, mapping or section may also be given whole, as JSON.
+Every error names the key (or variable) that is wrong, so a bad configuration fails at start and
+never in the middle of a call.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlparse
 
 import yaml
@@ -25,6 +33,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 ENV_PREFIX = "ARI_BRIDGE_"
 
@@ -396,22 +405,158 @@ class Config(_Strict):
         return next(t for t in self.trunks if t.name == best.trunk)
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+def env_segment(key: str) -> str:
+    """How a list item's id or a mapping key is spelled inside an environment variable name:
+    upper case, every character other than a letter or a digit as ``_`` (``my-app`` ->
+    ``MY_APP``, ``+4420`` -> ``_4420``)."""
+    return re.sub(r"[^A-Z0-9]", "_", key.upper())
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` -> ``X``; anything else unchanged."""
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _model_field(model: type[BaseModel], key: str) -> FieldInfo | None:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
+    return None
+
+
+def _item_key(item: Any) -> str | None:
+    """The field that names a list item (``id``, else ``name``), if its type has one."""
+    item = _unwrap(item)
+    if isinstance(item, type) and issubclass(item, BaseModel):
+        return next((k for k in ("id", "name") if k in item.model_fields), None)
+    return None
+
+
+def _is_structured(annotation: Any) -> bool:
+    annotation = _unwrap(annotation)
+    return get_origin(annotation) in (list, dict) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel | list | dict))
+
+
+def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``ARI_BRIDGE_A__B__C=v`` -> ``{"A": {"B": {"C": ("ARI_BRIDGE_A__B__C", "v")}}}``.
+
+    Names are not case-sensitive: field names are matched in lower case, list ids and mapping
+    keys by :func:`env_segment`."""
+    tree: dict[str, Any] = {}
+    for name, value in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
-        if len(path) < 2:
+        path = [part for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not path:
             continue
-        node = data
-        for part in path[:-1]:
+        if len(path) == 1 and path[0].lower() not in Config.model_fields:
+            continue  # ARI_BRIDGE_CONFIG and the like: not a setting, never was
+        node = tree
+        for depth, part in enumerate(part.upper() for part in path):
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = value
-    return data
+            if isinstance(child, tuple) or (child is not None and depth == len(path) - 1):
+                # ARI_BRIDGE_AGENTS (whole, as JSON) and ARI_BRIDGE_AGENTS__LEASE_S, or two
+                # spellings of one name: which wins would be a guess.
+                raise ConfigError(f"{_a_name(child)} and {name} both set the same setting; "
+                                  "keep one")
+            if depth == len(path) - 1:
+                node[part] = (name, value)
+            else:
+                node = node.setdefault(part, {})
+    return tree
+
+
+def _a_name(node: Any) -> str:
+    """A variable name inside an ``_env_tree`` node."""
+    while isinstance(node, dict):
+        node = next(iter(node.values()))
+    return str(node[0])
+
+
+def _decode(name: str, value: str, annotation: Any) -> Any:
+    # As pydantic-settings does: a list, mapping or section given whole is JSON.
+    if not _is_structured(annotation):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise ConfigError(f"{name}: must be JSON for this setting") from None
+
+
+def _overlay(base: Any, env: Any, annotation: Any, trail: str) -> Any:
+    """``base`` (from the file) with the environment's values in ``env`` laid over it.
+
+    ``annotation`` is the type of the setting at this place; ``trail`` the variable name so
+    far, for errors."""
+    if isinstance(env, tuple):  # a leaf: (variable name, value)
+        return _decode(env[0], env[1], annotation)
+    annotation = _unwrap(annotation)
+    origin = get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        out = dict(base) if isinstance(base, dict) else {}
+        for part, sub in env.items():
+            key = part.lower()
+            field = _model_field(annotation, key)
+            # An unknown key stays in: validation then rejects it by name, as in the file.
+            out[key] = _overlay(out.get(key), sub, field.annotation if field else Any,
+                                f"{trail}__{part}" if trail else ENV_PREFIX + part)
+        return out
+    if origin is list:
+        (item,) = get_args(annotation) or (Any,)
+        return _overlay_items(base, env, item, trail)
+    if origin is dict:
+        value_type = get_args(annotation)[1] if get_args(annotation) else Any
+        out = dict(base) if isinstance(base, dict) else {}
+        for part, sub in env.items():
+            key = next((k for k in out if env_segment(str(k)) == env_segment(part)),
+                       part.lower())
+            out[key] = _overlay(out.get(key), sub, value_type, f"{trail}__{part}")
+        return out
+    # Untyped: nested mappings as they come (lower-case keys), as before.
+    out = dict(base) if isinstance(base, dict) else {}
+    for part, sub in env.items():
+        out[part.lower()] = _overlay(out.get(part.lower()), sub, Any, f"{trail}__{part}")
+    return out
+
+
+def _overlay_items(base: Any, env: dict[str, Any], item: Any, trail: str) -> list[Any]:
+    """List items are addressed by their id (``id``, else ``name``), else by position."""
+    items = list(base) if isinstance(base, list) else []
+    key = _item_key(item)
+    for part, sub in env.items():
+        here = f"{trail}__{part}"
+        matches = [i for i, it in enumerate(items) if key is not None and isinstance(it, dict)
+                   and env_segment(str(it.get(key, ""))) == env_segment(part)]
+        if len(matches) > 1:
+            names = ", ".join(repr(items[i][key]) for i in matches)
+            raise ConfigError(f"{here}: ambiguous, matches {names}; give them ids that differ "
+                              "by more than dashes, dots or case")
+        if matches:
+            index = matches[0]
+        elif part.isdigit() and int(part) < len(items):
+            index = int(part)
+        else:
+            known = ", ".join(repr(it.get(key)) for it in items
+                              if key is not None and isinstance(it, dict)) or "none"
+            what = f"no item with {key} {part!r}" if key else f"no item {part}"
+            raise ConfigError(f"{here}: {what} in the configuration (have: {known})")
+        items[index] = _overlay(items[index], sub, item, here)
+    return items
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Lay ``ARI_BRIDGE_*`` variables over the file's data (see the README's rules)."""
+    tree = _env_tree(environ)
+    if not tree:
+        return data
+    merged = _overlay(data, tree, Config, "")
+    assert isinstance(merged, dict)
+    return merged
 
 
 def _format_error(err: ValidationError) -> str:
@@ -431,9 +576,10 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text())
+            # Bytes: the YAML reader detects the encoding and reports bad bytes as YAML errors.
+            loaded = yaml.safe_load(path.read_bytes())
         except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
         if loaded is None:

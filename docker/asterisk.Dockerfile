@@ -28,5 +28,13 @@ RUN chmod 0755 /usr/local/bin/asterisk-entrypoint \
 # ARI (loopback only, see http.conf), SIP, RTP (rtp.conf).
 EXPOSE 8088/tcp 5060/udp 10000-20000/udp
 
+# Healthy once Asterisk has fully booted and ARI is enabled, asked over its own CLI socket.
+# Not the bridge's /readyz: that depends on Asterisk, so Asterisk's health must not depend on
+# the bridge (compose starts the bridge once Asterisk is healthy), and ARI itself would need
+# the password and an HTTP client in this image.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
+  CMD asterisk -rx 'core waitfullybooted' | grep -q 'fully booted' \
+   && asterisk -rx 'ari show status' | grep -q 'Enabled: Yes'
+
 ENTRYPOINT ["/usr/local/bin/asterisk-entrypoint"]
 CMD ["/usr/sbin/asterisk", "-f", "-U", "asterisk", "-G", "asterisk"]

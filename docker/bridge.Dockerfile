@@ -2,11 +2,11 @@
 #   docker build -f docker/bridge.Dockerfile -t ari-bridge .
 FROM python:3.11-slim
 
-# Media tools used by the bridge: text to speech (espeak-ng) and audio
-# conversion to 8 kHz WAV for Asterisk (sox, ffmpeg).
+# Media tools used by the bridge: text to speech (espeak-ng), audio conversion to 8 kHz WAV
+# for Asterisk (sox, ffmpeg), and sox's MP3 support (libsox-fmt-mp3) for mp3 recordings.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      espeak-ng sox ffmpeg \
+      espeak-ng sox libsox-fmt-mp3 ffmpeg \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -14,10 +14,23 @@ WORKDIR /src
 # virtualenv, tests and git history out.
 COPY . /src
 RUN pip install --no-cache-dir /src && rm -rf /src
+COPY docker/bridge-healthcheck.py /usr/local/bin/ari-bridge-healthcheck
 
-RUN useradd --system --home-dir /var/lib/ari-bridge --create-home ari-bridge
+# The state directory holds the call store, the agent store and generated media; recordings
+# have their own directory (compose mounts a named volume on each; a new volume takes this
+# ownership).
+RUN useradd --system --home-dir /var/lib/ari-bridge --create-home ari-bridge \
+ && install -d -o ari-bridge -g ari-bridge -m 0750 \
+      /var/lib/ari-bridge/media /var/lib/ari-bridge/recordings \
+ && chmod 0755 /usr/local/bin/ari-bridge-healthcheck
 USER ari-bridge
 WORKDIR /var/lib/ari-bridge
+VOLUME ["/var/lib/ari-bridge", "/var/lib/ari-bridge/recordings"]
+
+# Healthy while GET /readyz answers 200: ARI connected, the stores writable, not draining.
+# The check reads http.host/http.port from the configuration (and ARI_BRIDGE_HTTP__*).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python3", "/usr/local/bin/ari-bridge-healthcheck"]
 
 # Mount the configuration at /etc/ari-bridge/config.yaml; ARI credentials
 # may come from ARI_BRIDGE_ARI__* environment variables.

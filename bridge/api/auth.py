@@ -34,7 +34,8 @@ class Principal:
     claims: dict[str, Any]
 
 
-def _public_key(app: ApplicationConfig) -> Any | None:
+def load_public_key(app: ApplicationConfig) -> Any | None:
+    """The application's public key, or None when it has none; ConfigError names the key."""
     pem: bytes | None = None
     if app.public_key:
         pem = app.public_key.encode()
@@ -62,7 +63,7 @@ class KeyRing:
     def __init__(self, config: Config) -> None:
         self._keys: dict[str, Any] = {}
         for app in config.applications:
-            key = _public_key(app)
+            key = load_public_key(app)
             if key is not None:
                 self._keys[app.id] = key
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import socket
 import time
 import urllib.error
@@ -74,7 +75,7 @@ class LabInfo:
     ari_username: str
     #: Never shown in ``repr``; read it from :attr:`credentials_file`.
     ari_password: str = field(repr=False)
-    #: ``state_dir/ari.env``, mode 0600, ``ARI_BRIDGE_ARI__*`` lines.
+    #: ``state_dir/ari.env``, mode 0600, ``export ARI_BRIDGE_ARI__*=...`` lines (``source`` it).
     credentials_file: Path
     #: Where SIP (UDP) is served.
     sip_host: str
@@ -121,8 +122,11 @@ def read_password(state_dir: Path) -> str | None:
     except FileNotFoundError:
         return None
     for line in text.splitlines():
-        if line.startswith("ARI_BRIDGE_ARI__PASSWORD="):
-            return line.split("=", 1)[1].strip()
+        # Files written before the lines were exported have no "export ".
+        name, _, value = line.removeprefix("export ").partition("=")
+        if name.strip() == "ARI_BRIDGE_ARI__PASSWORD":
+            words = shlex.split(value)
+            return words[0] if words else None
     return None
 
 
@@ -132,15 +136,19 @@ def password_for(state_dir: Path) -> str:
 
 
 def write_credentials(state_dir: Path, *, ari_url: str, password: str, app_name: str) -> Path:
-    """Write ``state_dir/ari.env`` (mode 0600) and return its path."""
+    """Write ``state_dir/ari.env`` (mode 0600) and return its path.
+
+    The lines are shell ``export`` statements, so ``source ari.env; ari-bridge serve`` hands
+    the credentials to the bridge (plain assignments would stay in the shell)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / CREDENTIALS_NAME
-    text = (
-        f"ARI_BRIDGE_ARI__URL={ari_url}\n"
-        f"ARI_BRIDGE_ARI__USERNAME={ARI_USERNAME}\n"
-        f"ARI_BRIDGE_ARI__PASSWORD={password}\n"
-        f"ARI_BRIDGE_ARI__APP={app_name}\n"
-    )
+    values = {
+        "ARI_BRIDGE_ARI__URL": ari_url,
+        "ARI_BRIDGE_ARI__USERNAME": ARI_USERNAME,
+        "ARI_BRIDGE_ARI__PASSWORD": password,
+        "ARI_BRIDGE_ARI__APP": app_name,
+    }
+    text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -166,6 +166,19 @@ def test_call_without_ari_app_gets_503(
     assert "Reason: Q.850;cause=34" in messages
 
 
+def test_the_asterisk_image_healthcheck_passes_on_a_running_lab(
+    labs: list[tuple[LabOptions, LabInfo]],
+) -> None:
+    # docker/asterisk.Dockerfile's HEALTHCHECK: each `asterisk -rx '<command>' | grep -q
+    # '<expected>'`, run against the same Asterisk and configuration.
+    text = (REPO / "docker" / "asterisk.Dockerfile").read_text().replace("\\\n", " ")
+    pairs = re.findall(r"asterisk -rx '([^']+)' \| grep -q '([^']+)'", text)
+    assert len(pairs) == 2, pairs
+    opts, _ = labs[0]
+    for command, expected in pairs:
+        assert expected in asterisk_cli(opts, command), command
+
+
 def test_down_stops_exactly_its_pid(labs: list[tuple[LabOptions, LabInfo]]) -> None:
     (a_opts, a), (b_opts, b) = labs
     assert a.pid is not None and b.pid is not None

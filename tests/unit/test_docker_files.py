@@ -3,10 +3,17 @@ step with the repository and with asterisk-config/."""
 
 from __future__ import annotations
 
+import http.server
+import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -107,3 +114,145 @@ def test_entrypoint_sets_password_and_app(tmp_path: Path) -> None:
     assert f"\npassword = {password}\n" in ari
     assert "change-me" not in ari
     assert "\nARI_APP = other-app\n" in (tmp_path / "extensions.conf").read_text()
+
+
+def _healthcheck(dockerfile: Path) -> str:
+    """The HEALTHCHECK instruction, continuation lines joined."""
+    text = (DOCKER / dockerfile).read_text().replace("\\\n", " ")
+    found = re.findall(r"^HEALTHCHECK\s+(.*)$", text, re.M)
+    assert len(found) == 1, found
+    return str(found[0])
+
+
+def test_bridge_image_reads_and_writes_mp3() -> None:
+    text = (DOCKER / "bridge.Dockerfile").read_text()
+    install = re.search(r"apt-get install[^&]*", text.replace("\\\n", " "))
+    assert install is not None
+    assert "libsox-fmt-mp3" in install.group(0).split()
+
+
+def test_compose_keeps_store_and_recordings_in_named_volumes() -> None:
+    compose = _compose()
+    bridge = compose["services"]["bridge"]
+    named = set(compose["volumes"])
+    mounts = {}
+    for volume in bridge["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source in named:
+            mounts[target] = source
+    assert set(mounts.values()) == named == {"bridge-state", "bridge-recordings"}
+    env = bridge["environment"]
+    for key, volume in (("ARI_BRIDGE_STORE__PATH", "bridge-state"),
+                        ("ARI_BRIDGE_MEDIA__PATH", "bridge-state"),
+                        ("ARI_BRIDGE_RECORDINGS__PATH", "bridge-recordings")):
+        path = Path(env[key])
+        # The deepest mount holding the path is the one it lands in.
+        holder = max((Path(t) for t in mounts if path == Path(t) or Path(t) in path.parents),
+                     key=lambda p: len(p.parts))
+        assert mounts[str(holder)] == volume, key
+    # Those are the configuration's own defaults too, so nothing moves when they are unset.
+    from bridge.config import Config
+
+    defaults = Config()
+    assert str(defaults.store.path) == env["ARI_BRIDGE_STORE__PATH"]
+    assert str(defaults.media.path) == env["ARI_BRIDGE_MEDIA__PATH"]
+    assert str(defaults.recordings.path) == env["ARI_BRIDGE_RECORDINGS__PATH"]
+    # The image creates the mount points owned by its user, so new volumes are writable.
+    dockerfile = (DOCKER / "bridge.Dockerfile").read_text()
+    assert "/var/lib/ari-bridge/recordings" in dockerfile and "USER ari-bridge" in dockerfile
+
+
+def test_compose_leaves_the_drain_its_time() -> None:
+    bridge = _compose()["services"]["bridge"]
+    assert bridge["stop_signal"] == "SIGTERM"
+    grace = re.fullmatch(r"(\d+)s", bridge["stop_grace_period"])
+    assert grace is not None
+    # service.drain_timeout_s defaults to 10 s; Docker's own default grace is 10 s too.
+    assert int(grace.group(1)) >= 20
+
+
+def test_bridge_waits_for_a_healthy_asterisk() -> None:
+    depends = _compose()["services"]["bridge"]["depends_on"]
+    assert depends == {"asterisk": {"condition": "service_healthy"}}
+
+
+def test_bridge_healthcheck_runs_the_copied_script() -> None:
+    check = _healthcheck(Path("bridge.Dockerfile"))
+    assert '"/usr/local/bin/ari-bridge-healthcheck"' in check
+    text = (DOCKER / "bridge.Dockerfile").read_text()
+    assert re.search(r"^COPY docker/bridge-healthcheck\.py /usr/local/bin/ari-bridge-healthcheck$",
+                     text, re.M)
+
+
+def test_asterisk_healthcheck_asks_asterisk_itself() -> None:
+    check = _healthcheck(Path("asterisk.Dockerfile"))
+    # Asterisk's own CLI socket, never the bridge: the bridge waits for this check.
+    assert "asterisk -rx 'core waitfullybooted' | grep -q 'fully booted'" in check
+    assert "asterisk -rx 'ari show status' | grep -q 'Enabled: Yes'" in check
+    assert "readyz" not in check
+
+
+# ------------------------------------------------------------ the bridge's healthcheck script
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    status = 200
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).paths.append(self.path)
+        body = b'{"status": "ok"}' if self.status == 200 else b'{"ari": "disconnected"}'
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def readyz() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Readyz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _probe(tmp_path: Path, config: str | None, **env: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "config.yaml"
+    if config is not None:
+        path.write_text(config)
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("ARI_BRIDGE_")}
+    return subprocess.run(
+        [sys.executable, str(DOCKER / "bridge-healthcheck.py")],
+        env={**clean, "ARI_BRIDGE_CONFIG": str(path), **env},
+        capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_healthcheck_follows_readyz(tmp_path: Path, readyz: http.server.HTTPServer) -> None:
+    port = readyz.server_address[1]
+    _Readyz.status = 200
+    # The port from the configuration file; a wildcard host is reached on loopback.
+    ok = _probe(tmp_path, f"http: {{host: 0.0.0.0, port: {port}}}\n")
+    assert ok.returncode == 0, ok.stderr
+    assert _Readyz.paths[-1] == "/readyz"
+
+    _Readyz.status = 503
+    down = _probe(tmp_path, f"http: {{port: {port}}}\n")
+    assert down.returncode == 1
+    assert "503" in down.stderr and "disconnected" in down.stderr
+
+    # The environment wins over the file, as for the bridge.
+    _Readyz.status = 200
+    wrong_file = _probe(tmp_path, "http: {port: 9}\n", ari_bridge_http__port=str(port))
+    assert wrong_file.returncode == 0, wrong_file.stderr
+
+
+def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connection refused
+        result = _probe(tmp_path, f"http: {{port: {port}}}\n")
+    assert result.returncode == 1
+    assert f"http://127.0.0.1:{port}/readyz" in result.stderr

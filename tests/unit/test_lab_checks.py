@@ -194,11 +194,17 @@ def test_password_generated_once_and_private(tmp_path: Path) -> None:
     assert password_for(state) == pw
     lines = path.read_text().splitlines()
     assert lines == [
-        "ARI_BRIDGE_ARI__URL=http://127.0.0.1:1",
-        "ARI_BRIDGE_ARI__USERNAME=ari-bridge",
-        f"ARI_BRIDGE_ARI__PASSWORD={pw}",
-        "ARI_BRIDGE_ARI__APP=a",
+        "export ARI_BRIDGE_ARI__URL=http://127.0.0.1:1",
+        "export ARI_BRIDGE_ARI__USERNAME=ari-bridge",
+        f"export ARI_BRIDGE_ARI__PASSWORD={pw}",
+        "export ARI_BRIDGE_ARI__APP=a",
     ]
+
+
+def test_password_of_a_state_directory_from_before_export(tmp_path: Path) -> None:
+    (tmp_path / "ari.env").write_text("ARI_BRIDGE_ARI__URL=http://127.0.0.1:1\n"
+                                      "ARI_BRIDGE_ARI__PASSWORD=old-format-pw\n")
+    assert read_password(tmp_path) == "old-format-pw"
 
 
 def test_lab_info_repr_hides_password() -> None:
