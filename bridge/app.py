@@ -79,6 +79,8 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE_KEY] = engine
     app[GATEWAY_KEY] = gateway
     app[MEDIA_KEY] = media
+    # Events left by a previous process go out first, before new calls add theirs.
+    await engine.events.start()
     await gateway.start()
     await engine.recordings.start()
     try:
@@ -88,6 +90,8 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
         await engine.recordings.close()
         await engine.conferences.shutdown()
         await gateway.stop()
+        # Undelivered events stay in the store for the next start.
+        await engine.events.stop()
         await webhooks.close()
         await media.close()
         store.close()
