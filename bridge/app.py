@@ -86,6 +86,8 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
     app[MEDIA_KEY] = media
     for store_in_use in describe_stores(config):  # which database holds what, at a glance
         log.info("store.opened", **store_in_use)
+    # Events left by a previous process go out first, before new calls add theirs.
+    await engine.events.start()
     await gateway.start()
     await engine.recordings.start()
     try:
@@ -95,6 +97,8 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
         await engine.recordings.close()
         await engine.conferences.shutdown()
         await gateway.stop()
+        # Undelivered events stay in the store for the next start.
+        await engine.events.stop()
         await webhooks.close()
         await media.close()
         store.close()

@@ -156,6 +156,37 @@ class RecordingsConfig(_Strict):
     )
 
 
+class EventsConfig(_Strict):
+    """Delivery of status events through the durable outbox (see bridge/webhooks/outbox.py).
+
+    An event that cannot be delivered is tried again with exponential backoff and full jitter:
+    the n-th wait is a random time between 0 and ``min(retry_cap_s, retry_base_s * 2**(n-1))``
+    seconds, for as long as ``retention_hours`` allows after the event was written.
+    """
+
+    retention_hours: float = Field(
+        24.0, gt=0, description="hours an undelivered event is retried before it is dropped")
+    retry_base_s: float = Field(
+        0.5, gt=0, description="seconds: upper bound of the first wait after a failed attempt")
+    retry_cap_s: float = Field(
+        30.0, gt=0, description="seconds: the longest wait between two attempts")
+    max_in_flight: int = Field(
+        64, gt=0, le=10000, description="events being delivered at the same time (one per "
+                                        "call at most: a call's events go out in order)")
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> EventsConfig:
+        if self.retry_cap_s < self.retry_base_s:
+            raise ValueError(f"events.retry_cap_s ({self.retry_cap_s}) must not be below "
+                             f"events.retry_base_s ({self.retry_base_s})")
+        return self
+
+    @property
+    def retention_s(self) -> float:
+        """The retention in seconds."""
+        return self.retention_hours * 3600.0
+
+
 Codec = Literal["ulaw", "alaw"]
 DEFAULT_CODECS: tuple[Codec, ...] = ("ulaw", "alaw")
 #: PJSIP object ids and SIP user names: also used in ARI paths and ``sip:<name>`` contacts.
@@ -337,6 +368,7 @@ class Config(_Strict):
     store: StoreConfig = StoreConfig()
     media: MediaConfig = MediaConfig()
     recordings: RecordingsConfig = RecordingsConfig()
+    events: EventsConfig = EventsConfig()
     log: LogConfig = LogConfig()
     service: ServiceConfig = ServiceConfig()
     applications: list[ApplicationConfig] = []

@@ -401,9 +401,7 @@ class Room:
                 "timestamp": ev.timestamp(),
             }
         if url is not None:
-            outbox = engine.new_outbox(call.app)
-            outbox.post(url, method, payload)
-            await outbox.drain()
+            call.post_event(url, method, payload)
 
     # ------------------------------------------------------------------- close
     async def _close(self) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import time
 import uuid as uuidlib
-import weakref
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -79,9 +78,6 @@ class CallEngine:
         self.calls_rejected = 0
         #: Set on SIGTERM: new calls are turned away, live ones keep running until exit.
         self.draining = False
-        # Every event outbox still alive (live calls, and ended calls still delivering),
-        # so a drain can flush them; weak, so a delivered call's outbox just goes away.
-        self._outboxes: weakref.WeakSet[EventOutbox] = weakref.WeakSet()
         self.history = CallHistory()  # ended calls, for GET /v1/calls
         self.conferences = ConferenceRegistry(gateway)  # named conversation rooms
         self.recordings = RecordingService(  # record, conversation record
@@ -93,6 +89,13 @@ class CallEngine:
                                        config.agents.redis_url, config.agents.redis_prefix)
         # Agents' SIP devices (agents.devices), created in Asterisk after every connect.
         self.devices = DeviceProvisioner(gateway, config.agents.devices)
+        # Every status event of every call: durable (in the call store), ordered per call,
+        # retried through outages and restarts. Started and stopped with the service.
+        self.events = EventOutbox(
+            store, webhooks, config.application,
+            retention_s=config.events.retention_s, retry_base_s=config.events.retry_base_s,
+            retry_cap_s=config.events.retry_cap_s, max_in_flight=config.events.max_in_flight,
+        )
 
     # ------------------------------------------------------------------ helpers
     def application(self, app_id: str) -> ApplicationConfig:
@@ -106,6 +109,13 @@ class CallEngine:
         through its media cache (no shared filesystem)."""
         return f"sound:{self.public_url()}/media/{media_id}.wav"
 
+    def application_of(self, record: CallRecord) -> ApplicationConfig:
+        """The application a call runs, with the call's own URLs (a REST-created call's
+        answer_url and event_url) in place of the application's."""
+        app = self.application(record.application_id)
+        overrides = record.url_overrides()
+        return app.model_copy(update=overrides) if overrides else app
+
     def timeouts(self, app: ApplicationConfig, event: bool) -> Timeouts:
         read = app.timeouts.event_read_ms if event else app.timeouts.answer_read_ms
         return Timeouts(connect_ms=app.timeouts.connect_ms, read_ms=read)
@@ -114,14 +124,6 @@ class CallEngine:
         if app.signature_secret is None:
             return None
         return Signer(secret=app.signature_secret.get_secret_value(), application_id=app.id)
-
-    def new_outbox(self, app: ApplicationConfig) -> EventOutbox:
-        outbox = EventOutbox(
-            self.webhooks, self.timeouts(app, event=True), self.signer(app),
-            app.fallback_answer_url,
-        )
-        self._outboxes.add(outbox)
-        return outbox
 
     def runner(self, name: str) -> Runner:
         return action_modules.RUNNERS[name]
@@ -205,15 +207,7 @@ class CallEngine:
         Raises :class:`Draining` once the bridge is shutting down."""
         if self.draining:
             raise Draining("the bridge is shutting down and takes no new calls")
-        app = self.application(request.application_id)
-        overrides: dict[str, Any] = {}
-        if request.event_url:
-            overrides.update(event_url=request.event_url, event_method=request.event_method)
-        if request.answer_url:
-            overrides.update(answer_url=request.answer_url,
-                             answer_method=request.answer_method)
-        if overrides:
-            app = app.model_copy(update=overrides)
+        app = self.application(request.application_id)  # KeyError for an unknown one
         record = CallRecord(
             uuid=str(uuidlib.uuid4()),
             conversation_uuid="CON-" + str(uuidlib.uuid4()),
@@ -226,9 +220,14 @@ class CallEngine:
             answered_at=None,
             ncco=[],
             position=0,
+            # Kept with the call, so that a restarted bridge still uses them (not the app's).
+            answer_url=request.answer_url or None,
+            answer_method=request.answer_method.upper() if request.answer_url else None,
+            event_url=request.event_url or None,
+            event_method=request.event_method.upper() if request.event_url else None,
         )
         self.store.save(record)
-        self._start(CallSession(self, record, outbound=request, app=app))
+        self._start(CallSession(self, record, outbound=request))
         return self.sessions[record.uuid]
 
     def _start(self, session: CallSession) -> None:
@@ -245,14 +244,16 @@ class CallEngine:
             self._spawn(track_call(self.agents, party, f"call:{session.uuid}",
                                    self.config.agents.lease_s, session.gone))
 
-    def forget(self, session: CallSession) -> None:
-        """Called by a session once it has ended."""
+    def forget(self, session: CallSession, in_store: bool = True) -> None:
+        """Called by a session once it has ended. ``in_store``: its live row is still there
+        (no ``completed`` event removed it) and is deleted now."""
         if self.sessions.pop(session.uuid, None) is not None:
             metrics.CALLS_ACTIVE.dec()
         self.by_channel.pop(session.channel_id, None)
         self.history.record_ended(session)
         self.gateway.unroute(f"channel:{session.channel_id}")
-        self.store.delete(session.uuid)
+        if in_store:
+            self.store.delete(session.uuid)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -299,24 +300,26 @@ class CallEngine:
 
     def _resume(self, record: CallRecord) -> bool:
         try:
-            app = self.application(record.application_id)
+            app = self.application_of(record)
             actions = self.parse(record.ncco)
         except (KeyError, NccoError) as exc:
             log.warning("reconcile.cannot_resume", call_uuid=record.uuid, error=str(exc))
             self._complete_orphan(record)
             self._spawn(self.gateway.hangup(record.channel_id))
             return False
-        del app
         log.info("reconcile.resume", call_uuid=record.uuid, position=record.position)
-        self._start(CallSession(self, record, actions, resumed=True))
+        self._start(CallSession(self, record, actions, resumed=True, app=app))
         return True
 
     def _complete_orphan(self, record: CallRecord) -> None:
         """Send ``completed`` for a call that ended while no bridge was running."""
-        app = self.config.application(record.application_id)
-        self.store.delete(record.uuid)
         metrics.CALLS_ENDED.labels(status="completed").inc()
+        try:
+            app: ApplicationConfig | None = self.application_of(record)
+        except KeyError:
+            app = None
         if app is None or app.event_url is None:
+            self.store.delete(record.uuid)
             return
         started = datetime.fromisoformat(record.started_at.replace("Z", "+00:00"))
         answered = (
@@ -328,9 +331,9 @@ class CallEngine:
             direction=record.direction, from_=record.from_number, to=record.to_number,
             **ev.completed_extra(started, answered, datetime.now(UTC), "platform"),
         )
-        outbox = self.new_outbox(app)
-        outbox.post(app.event_url, app.event_method, payload)
-        self._spawn(outbox.drain())
+        # Written with the deletion of the live row, in one transaction.
+        self.events.post(record.uuid, app, app.event_url, app.event_method, payload,
+                         ends_call=True)
 
     # ------------------------------------------------------------------ shutdown
     def start_draining(self) -> None:
@@ -340,19 +343,16 @@ class CallEngine:
             self.draining = True
             log.info("drain.started", live_calls=len(self.sessions))
 
-    async def flush_events(self, timeout_s: float) -> None:
-        """Deliver the events queued in every outbox, waiting at most ``timeout_s`` seconds;
-        what is still undelivered then is given up (logged by the outbox)."""
-        outboxes = list(self._outboxes)
-        queued = sum(outbox.pending for outbox in outboxes)
+    async def flush_events(self, timeout_s: float) -> int:
+        """Deliver the events written so far, waiting at most ``timeout_s`` seconds; returns
+        how many are still undelivered. They are not lost: they stay in the outbox on disk
+        and the next bridge on this store delivers them."""
         started = time.monotonic()
-        failed_before = sum(outbox.failed for outbox in outboxes)
-        # Each drain is bounded by the same timeout, and they run side by side.
-        await asyncio.gather(*(outbox.drain(timeout_s) for outbox in outboxes),
-                             return_exceptions=True)
-        log.info("drain.events_flushed", outboxes=len(outboxes), queued=queued,
-                 failed=sum(outbox.failed for outbox in outboxes) - failed_before,
+        backlog = self.events.backlog()
+        left = await self.events.flush(timeout_s)
+        log.info("drain.events_flushed", pending=backlog, left_for_next_start=left,
                  seconds=round(time.monotonic() - started, 3))
+        return left
 
     async def shutdown(self) -> None:
         """Stop driving calls without hanging them up: a restarted bridge resumes them."""

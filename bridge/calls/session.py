@@ -119,7 +119,8 @@ class CallSession:
         self.uuid = record.uuid
         self.conversation_uuid = record.conversation_uuid
         self.channel_id = record.channel_id
-        self.app = app or engine.application(record.application_id)
+        # With a REST-created call's own URLs, kept in the store across restarts.
+        self.app = app or engine.application_of(record)
         self.outbound = outbound
         self.created = time.monotonic()
         self.gateway = engine.gateway
@@ -142,7 +143,6 @@ class CallSession:
         self._background: set[asyncio.Task[Any]] = set()
         self._resumed = resumed
         self._saved: tuple[int, int, int] | None = None
-        self.outbox = engine.new_outbox(self.app)
         self.log = log.bind(call_uuid=self.uuid, channel_id=self.channel_id)
 
     # ------------------------------------------------------------------ events in
@@ -199,16 +199,28 @@ class CallSession:
     def direction(self) -> str:
         return self.record.direction
 
-    def status(self, status: str, **extra: Any) -> None:
-        """Queue a status event for the application's event_url (in order, never blocking)."""
+    def post_event(self, url: str, method: str, payload: dict[str, Any],
+                   ends_call: bool = False) -> bool:
+        """Write an event of this call to the durable outbox: delivered in order after the
+        call's earlier events, retried through outages and restarts; never blocks.
+
+        ``ends_call``: the call's live row is deleted in the same transaction. Returns
+        True once the event is written."""
+        return self.engine.events.post(self.uuid, self.app, url, method, payload,
+                                       ends_call=ends_call)
+
+    def status(self, status: str, ends_call: bool = False, **extra: Any) -> bool:
+        """Send a status event to the application's event_url (in order, never blocking).
+
+        Returns True when it was written (False also when there is no event_url)."""
         if self.app.event_url is None:
-            return
+            return False
         payload = ev.status_event(
             uuid=self.uuid, conversation_uuid=self.conversation_uuid, status=status,
             direction=self.direction, from_=self.record.from_number,
             to=self.record.to_number, **extra,
         )
-        self.outbox.post(self.app.event_url, self.app.event_method, payload)
+        return self.post_event(self.app.event_url, self.app.event_method, payload, ends_call)
 
     def error(self, reason: str) -> None:
         """Tell the application what went wrong, naming the cause (and field)."""
@@ -218,7 +230,7 @@ class CallSession:
         payload = ev.error_event(
             uuid=self.uuid, conversation_uuid=self.conversation_uuid, reason=reason
         )
-        self.outbox.post(self.app.event_url, self.app.event_method, payload)
+        self.post_event(self.app.event_url, self.app.event_method, payload)
 
     async def ensure_answered(self) -> None:
         """Answer the channel once, the first time an action needs media."""
@@ -509,16 +521,20 @@ class CallSession:
         # An outbound call that was never answered ended with its failure status.
         reached = self.outbound is None or self.answered is not None
         metrics.CALLS_ENDED.labels(status="completed" if reached else self.final_status).inc()
-        if self.app.event_url is not None and reached:
+        send_completed = self.app.event_url is not None and reached
+        if send_completed:
             # An outbound call that was never answered ended with its failure status
             # (busy, timeout, ...), as Vonage reports it; there is no conversation to complete.
+            # The event and the deletion of the live row are one transaction: after a crash
+            # the call is neither resumed nor left without its completed.
             self.status(
-                "completed",
+                "completed", ends_call=True,
                 **ev.completed_extra(self.started, self.answered, ended, self.disconnected_by),
             )
         self._transition(CallState.ENDED, "completed")
-        self.engine.forget(self)
-        await self.outbox.drain()
+        # Nothing to wait for: the outbox delivers the events, also after a restart. If the
+        # completed event could not be written, the live row is kept and a reconcile sends it.
+        self.engine.forget(self, in_store=not send_completed)
 
     def _transition(self, new: CallState, event: str) -> None:
         if new is self.state:

@@ -1,20 +1,31 @@
 """What a restarted bridge needs to pick a live call up again, kept in an embedded SQLite file.
 
 One row per live call: its ids, the leg's channel, the NCCO it is running and the position in
-it. The row is written when the call starts and at each action, and deleted when the call has
-ended and its ``completed`` event was queued. Writes are small and SQLite runs in WAL mode with
-``synchronous=NORMAL``, so a write costs tens of microseconds and is done inline on the event
-loop rather than in a thread (a thread hop would cost more than the write).
+it, and, for a REST-created call, its own answer and event URLs. The row is written when the
+call starts and at each action, and deleted when the call has ended, in the same transaction
+that writes its ``completed`` event to the event outbox.
+
+The same file holds the event outbox (table ``event_outbox``, see bridge/webhooks/outbox.py):
+every status event is written there before it counts as sent, and deleted once delivered.
+
+Writes are small and SQLite runs in WAL mode with ``synchronous=NORMAL``, so a write costs tens
+of microseconds and is done inline on the event loop rather than in a thread (a thread hop would
+cost more than the write). ``NORMAL`` keeps the file consistent through a crash of the process
+(the case the outbox is for); a power loss may lose the last transactions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bridge.webhooks.outbox import NewOutboxEvent, OutboxEvent
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS live_calls (
@@ -41,6 +52,30 @@ CREATE TABLE IF NOT EXISTS store_health (
 )
 """
 
+# A REST-created call's own URLs (NULL: the application's). Added after the first release:
+# an existing file gets them by ALTER TABLE.
+_CALL_URL_COLUMNS = ("answer_url", "answer_method", "event_url", "event_method", "fallback_url")
+
+_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS event_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_uuid TEXT NOT NULL,
+    application_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    method TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    fallback_url TEXT,
+    signed INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_outbox_by_call ON event_outbox (call_uuid, id);
+"""
+
+_OUTBOX_COLUMNS = ("id, call_uuid, application_id, url, method, payload, fallback_url, signed,"
+                   " created_at, attempts, next_attempt_at")
+
 
 @dataclass
 class CallRecord:
@@ -56,6 +91,19 @@ class CallRecord:
     ncco: list[dict[str, Any]]
     position: int
     replacements: int = 0
+    # A REST-created call's own URLs; None: the application's.
+    answer_url: str | None = None
+    answer_method: str | None = None
+    event_url: str | None = None
+    event_method: str | None = None
+    fallback_url: str | None = None
+
+    def url_overrides(self) -> dict[str, str]:
+        """The application settings this call overrides (``ApplicationConfig`` field names)."""
+        fields = {"answer_url": self.answer_url, "answer_method": self.answer_method,
+                  "event_url": self.event_url, "event_method": self.event_method,
+                  "fallback_answer_url": self.fallback_url}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 class CallStore:
@@ -67,6 +115,11 @@ class CallStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._db.execute(_HEALTH_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(live_calls)")}
+        for column in _CALL_URL_COLUMNS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE live_calls ADD COLUMN {column} TEXT")
+        self._db.executescript(_OUTBOX_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -78,12 +131,17 @@ class CallStore:
 
     def save(self, record: CallRecord) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO live_calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO live_calls (uuid, conversation_uuid, channel_id,"
+            " application_id, direction, from_number, to_number, started_at, answered_at, ncco,"
+            " position, replacements, answer_url, answer_method, event_url, event_method,"
+            " fallback_url) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.uuid, record.conversation_uuid, record.channel_id,
                 record.application_id, record.direction, record.from_number,
                 record.to_number, record.started_at, record.answered_at,
                 json.dumps(record.ncco), record.position, record.replacements,
+                record.answer_url, record.answer_method, record.event_url,
+                record.event_method, record.fallback_url,
             ),
         )
 
@@ -104,14 +162,94 @@ class CallStore:
     def all(self) -> list[CallRecord]:
         cursor = self._db.execute(
             "SELECT uuid, conversation_uuid, channel_id, application_id, direction, from_number,"
-            " to_number, started_at, answered_at, ncco, position, replacements FROM live_calls"
+            " to_number, started_at, answered_at, ncco, position, replacements, answer_url,"
+            " answer_method, event_url, event_method, fallback_url FROM live_calls"
         )
         return [
             CallRecord(
                 uuid=row[0], conversation_uuid=row[1], channel_id=row[2], application_id=row[3],
                 direction=row[4], from_number=row[5], to_number=row[6], started_at=row[7],
                 answered_at=row[8], ncco=json.loads(row[9]), position=row[10],
-                replacements=row[11],
+                replacements=row[11], answer_url=row[12], answer_method=row[13],
+                event_url=row[14], event_method=row[15], fallback_url=row[16],
             )
             for row in cursor.fetchall()
         ]
+
+    # ------------------------------------------------------------ the event outbox
+    def outbox_add(self, event: NewOutboxEvent, end_call: str | None = None) -> int:
+        """Write an event; returns its id. With ``end_call``, that live call's row is deleted
+        in the same transaction: a crash leaves either the live call (which a restarted
+        bridge completes) or its ``completed`` event, never neither, never both."""
+        values = (
+            event.call_uuid, event.application_id, event.url, event.method,
+            json.dumps(event.payload, separators=(",", ":")), event.fallback_url,
+            int(event.signed), event.created_at, event.next_attempt_at,
+        )
+        insert = ("INSERT INTO event_outbox (call_uuid, application_id, url, method, payload,"
+                  " fallback_url, signed, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?)")
+        if end_call is None:
+            return int(self._db.execute(insert, values).lastrowid or 0)
+        with self._transaction():
+            event_id = int(self._db.execute(insert, values).lastrowid or 0)
+            self._db.execute("DELETE FROM live_calls WHERE uuid=?", (end_call,))
+        return event_id
+
+    def end_call(self, uuid: str, completed: NewOutboxEvent) -> int:
+        """Delete a live call and write its ``completed`` event, atomically."""
+        return self.outbox_add(completed, end_call=uuid)
+
+    def outbox_head(self, call_uuid: str) -> OutboxEvent | None:
+        row = self._db.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM event_outbox WHERE call_uuid=? ORDER BY id LIMIT 1",
+            (call_uuid,),
+        ).fetchone()
+        return None if row is None else _outbox_event(row)
+
+    def outbox_events(self) -> list[OutboxEvent]:
+        """Every pending event, oldest first (for tests and inspection)."""
+        rows = self._db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM event_outbox ORDER BY id")
+        return [_outbox_event(row) for row in rows.fetchall()]
+
+    def outbox_delete(self, event_id: int) -> None:
+        self._db.execute("DELETE FROM event_outbox WHERE id=?", (event_id,))
+
+    def outbox_retry_later(self, event_id: int, attempts: int, next_attempt_at: float) -> None:
+        self._db.execute("UPDATE event_outbox SET attempts=?, next_attempt_at=? WHERE id=?",
+                         (attempts, next_attempt_at, event_id))
+
+    def outbox_streams(self) -> list[tuple[str, float]]:
+        rows = self._db.execute(
+            "SELECT e.call_uuid, e.next_attempt_at FROM event_outbox e JOIN"
+            " (SELECT MIN(id) AS id FROM event_outbox GROUP BY call_uuid) h ON e.id = h.id"
+            " ORDER BY e.id"
+        )
+        return [(str(row[0]), float(row[1])) for row in rows.fetchall()]
+
+    def outbox_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM event_outbox").fetchone()[0])
+
+    def outbox_oldest_created_at(self) -> float | None:
+        # Ids grow with time: the first row is the oldest (no index on created_at needed).
+        row = self._db.execute(
+            "SELECT created_at FROM event_outbox ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _outbox_event(row: tuple[Any, ...]) -> OutboxEvent:
+    return OutboxEvent(
+        id=int(row[0]), call_uuid=row[1], application_id=row[2], url=row[3],
+        method="GET" if row[4] == "GET" else "POST", payload=json.loads(row[5]),
+        fallback_url=row[6], signed=bool(row[7]), created_at=float(row[8]),
+        attempts=int(row[9]), next_attempt_at=float(row[10]),
+    )

@@ -51,7 +51,7 @@ from bridge.dial.outcome import LegOutcome
 from bridge.media.errors import MediaError
 from bridge.media.voices import resolve_voice
 from bridge.ncco.models import Action, NccoError, parse_ncco_bytes
-from bridge.webhooks import EventOutbox, ParseError, Timeouts, WebhookRequest, WebhookResponse
+from bridge.webhooks import ParseError, Timeouts, WebhookRequest, WebhookResponse
 
 if TYPE_CHECKING:
     from bridge.calls.session import CallSession
@@ -152,7 +152,6 @@ class AppletRun:
         self.dial_call_duration = 0
         self.call_type = "call-attempt"
         self.skips: list[tuple[str, str]] = []  # (contact, reason)
-        self.passthru: EventOutbox | None = None
         self.recording: ConversationRecording | None = None
         self._hold_playback: str | None = None
         self._hold_moh = False
@@ -171,8 +170,6 @@ class AppletRun:
     async def _cleanup(self) -> None:
         await self._stop_hold()
         await self.held.release_all()
-        if self.passthru is not None:
-            await self.passthru.drain(5.0)
 
     async def _flow(self) -> Outcome:
         # Keys the caller pressed before the applet (Exotel passes them once, quoted).
@@ -363,7 +360,7 @@ class AppletRun:
         metrics.AGENTS_SKIPPED.labels(reason=skip_label(reason)).inc()
         app = self.call.app
         if app.event_url is not None:
-            self.call.outbox.post(app.event_url, app.event_method, {
+            self.call.post_event(app.event_url, app.event_method, {
                 "uuid": self.call.uuid, "conversation_uuid": self.call.conversation_uuid,
                 "status": "agent_skipped", "agent": contact, "reason": reason,
                 "direction": "inbound", "from": self.caller, "to": self.called,
@@ -402,9 +399,6 @@ class AppletRun:
             return "nobody"
         self.attempts += 1
         self.dialled_any = True
-        if params.passthru_url and self.passthru is None:
-            self.passthru = EventOutbox(self.engine.webhooks,
-                                        self.engine.timeouts(self.call.app, event=True), None)
         await self.call.ensure_answered()
         await self._start_hold(params)
         caller_id = self.caller_id(params)
@@ -454,10 +448,10 @@ class AppletRun:
         return "answered"
 
     def _passthru(self, params: AppletParams, event_type: str, agent: str) -> None:
-        if params.passthru_url is None or self.passthru is None:
+        if params.passthru_url is None:
             return
         now = datetime.now(UTC).astimezone()
-        self.passthru.post(params.passthru_url, "POST", {
+        payload = {
             "event_details": {"event_type": event_type},
             "call_details": {
                 "call_sid": self.call_sid,
@@ -469,7 +463,11 @@ class AppletRun:
                 "current_time": now.isoformat(timespec="seconds"),
                 "status": "free" if event_type == "terminal" else "busy",
             },
-        })
+        }
+        # Its own order (a CRM's URL, not held up by an event_url outage), unsigned and
+        # without the application's fallback, as Exotel sends it.
+        self.engine.events.post(f"{self.call.uuid}/passthru", self.call.app,
+                                params.passthru_url, "POST", payload, plain=True)
 
     # ---------------------------------------------------------------- hold music
     async def _start_hold(self, params: AppletParams) -> None:

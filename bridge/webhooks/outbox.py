@@ -1,15 +1,48 @@
-"""Per-call, ordered, non-blocking delivery of call status events."""
+"""The durable event outbox: every status event is written to disk before it counts as sent.
+
+One :class:`EventOutbox` serves the whole bridge (``engine.events``). :meth:`EventOutbox.post`
+writes the event to the call store's database (table ``event_outbox``) and wakes the deliverer;
+it never waits for the network and never raises. The deliverer sends each event with the
+webhook client's rule (timeouts, one retry, signing, the application's fallback URL) and
+deletes the row once the application has answered 2xx.
+
+Order and concurrency: the events of one call (one ``call_uuid``) go out one after another,
+in the order they were posted; the next waits until the previous one was delivered or given
+up. Different calls are delivered in parallel, at most ``max_in_flight`` at a time.
+
+Failures: an attempt that fails for a reason that may pass (connection refused or reset,
+timeout, 5xx, 429) is tried again after a random wait between 0 and ``min(cap, base *
+2**(n-1))`` seconds (exponential backoff with full jitter), for as long as the retention
+allows after the event was written; then the event is dropped with an error log and the
+``OUTBOX_DROPPED`` metric. A 4xx answer other than 429 is the application's final word: the
+event is logged and deleted at once.
+
+Restarts: the rows outlive the process. :meth:`EventOutbox.start` picks up every row left by
+a previous process using the same database file and delivers them, in order.
+
+Delivery is at-least-once, and exactly once in the normal case: an event is sent again only
+if the process dies (or :meth:`EventOutbox.stop` cancels it) after the application received
+it and before its row was deleted, a window of one request per call in flight.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import heapq
+import json
+import random
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import structlog
 
+from bridge import metrics
+from bridge.config import ApplicationConfig
 from bridge.webhooks.client import (
     Method,
     Timeouts,
@@ -20,146 +53,406 @@ from bridge.webhooks.client import (
 )
 from bridge.webhooks.signing import Signer
 
-__all__ = ["EventOutbox"]
+__all__ = [
+    "EventOutbox",
+    "NewOutboxEvent",
+    "OutboxEvent",
+    "OutboxStorage",
+    "backoff_delay",
+    "classify",
+]
 
 log = structlog.get_logger(__name__)
 
+Outcome = Literal["delivered", "rejected", "failed"]
+
 
 @dataclass(frozen=True)
-class _Event:
+class NewOutboxEvent:
+    """An event to write. Times are Unix seconds (wall clock: they must survive a restart).
+
+    ``call_uuid`` is the ordering key: events with the same key are delivered one after
+    another. ``application_id`` gives the timeouts and the signing secret at delivery time
+    (the secret is never written to disk). ``signed``: sign with the application's secret,
+    if it has one. ``fallback_url``: where a failed attempt is sent next, as today's
+    ``fallback_answer_url`` rule does.
+    """
+
+    call_uuid: str
+    application_id: str
     url: str
     method: Method
     payload: dict[str, Any]
+    fallback_url: str | None
+    signed: bool
+    created_at: float
+    next_attempt_at: float
+
+
+@dataclass(frozen=True)
+class OutboxEvent(NewOutboxEvent):
+    """A stored event: its row id (the order of posting) and the failed attempts so far."""
+
+    id: int = 0
+    attempts: int = 0
+
+
+class OutboxStorage(Protocol):
+    """Where the outbox keeps its rows (the call store: SQLite today)."""
+
+    def outbox_add(self, event: NewOutboxEvent, end_call: str | None = None) -> int:
+        """Write ``event``; returns its id. With ``end_call``, the live call of that uuid is
+        deleted in the same transaction."""
+        ...
+
+    def outbox_head(self, call_uuid: str) -> OutboxEvent | None:
+        """The oldest event of ``call_uuid``, if any."""
+        ...
+
+    def outbox_delete(self, event_id: int) -> None: ...
+
+    def outbox_retry_later(self, event_id: int, attempts: int, next_attempt_at: float) -> None:
+        ...
+
+    def outbox_streams(self) -> list[tuple[str, float]]:
+        """Every call with pending events, with its oldest event's ``next_attempt_at``, in
+        the order their oldest events were written."""
+        ...
+
+    def outbox_count(self) -> int: ...
+
+    def outbox_oldest_created_at(self) -> float | None: ...
+
+
+def backoff_delay(attempts: int, base_s: float, cap_s: float,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1 for the first failure).
+
+    Full jitter: a random time between 0 and ``min(cap_s, base_s * 2**(attempts-1))``, so
+    that bridges and calls retrying after one outage do not all come back at once.
+    """
+    exponent = min(max(attempts - 1, 0), 62)  # 2**62 * base already exceeds any cap
+    return rng(0.0, min(cap_s, base_s * (2 ** exponent)))
+
+
+def _one(resp: WebhookResponse) -> Outcome:
+    status = resp.status
+    if status is not None:
+        if 200 <= status < 300:
+            # The application has it, even if its reply body was unusable.
+            return "delivered"
+        if 400 <= status < 500 and status != 429:
+            return "rejected"
+        return "failed"
+    if resp.error in ("invalid url", "too many redirects"):
+        return "rejected"  # the same request can never succeed
+    return "failed"
+
+
+def classify(primary: WebhookResponse, fallback: WebhookResponse | None) -> Outcome:
+    """What one attempt (the request, its retry, and the fallback URL if any) came to.
+
+    ``delivered`` when the primary or the fallback answered 2xx; ``rejected`` (a final
+    answer: drop the event) when every URL tried answered 4xx other than 429, or cannot be
+    requested at all; else ``failed`` (try again later).
+    """
+    outcomes = [_one(primary)] + ([_one(fallback)] if fallback is not None else [])
+    if "delivered" in outcomes:
+        return "delivered"
+    if all(o == "rejected" for o in outcomes):
+        return "rejected"
+    return "failed"
 
 
 def _ignore_body(resp: WebhookResponse) -> None:
-    """Status event responses carry nothing the call needs."""
+    """Status event replies carry nothing the call needs."""
     return None
 
 
+# The outboxes running in this process, for the metrics read at scrape time (tests run
+# several bridges in one process; production runs one).
+_running: weakref.WeakSet[EventOutbox] = weakref.WeakSet()
+
+
+def _backlog_metric() -> float:
+    return float(sum(o.backlog() for o in list(_running)))
+
+
+def _oldest_age_metric() -> float:
+    ages = [o.oldest_age_s() for o in list(_running)]
+    return max(ages, default=0.0)
+
+
+metrics.OUTBOX_BACKLOG.set_function(_backlog_metric)
+metrics.OUTBOX_OLDEST_AGE.set_function(_oldest_age_metric)
+
+
 class EventOutbox:
-    """Per-call ordered, non-blocking delivery of status events.
+    """The bridge's one durable, ordered, retrying deliverer of status events.
 
-    Status events are ``started``, ``ringing``, ``answered``, ``completed`` and so on.
-
-    :meth:`post` only enqueues; one worker task delivers the events one after another in
-    the order they were posted, each with the client's retry rule and, when configured,
-    the fallback URL.  A failed event is logged and counted in :attr:`failed`; it never
-    stops later events.  Call :meth:`drain` at the end of the call.
-
-    ``max_pending``: events queued beyond this are dropped (logged, counted as failed).
+    ``storage``: where rows live (the call store). ``client``: the webhook client (started
+    by its owner). ``applications``: looks an application up by id at delivery time, for its
+    timeouts and signing secret. ``retention_s``, ``retry_base_s``, ``retry_cap_s``: seconds
+    (see the module docstring). ``max_in_flight``: calls delivered at the same time.
+    ``clock`` (Unix seconds) and ``rng`` (``random.uniform``-like) are for tests.
     """
 
     def __init__(
         self,
+        storage: OutboxStorage,
         client: WebhookClient,
-        timeouts: Timeouts,
-        signer: Signer | None,
-        fallback_url: str | None = None,
+        applications: Callable[[str], ApplicationConfig | None],
         *,
-        max_pending: int = 1000,
+        retention_s: float = 24 * 3600.0,
+        retry_base_s: float = 0.5,
+        retry_cap_s: float = 30.0,
+        max_in_flight: int = 64,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[float, float], float] = random.uniform,
     ) -> None:
+        if retention_s <= 0 or retry_base_s <= 0 or retry_cap_s <= 0 or max_in_flight <= 0:
+            raise ValueError("retention, retry times and max_in_flight must be positive")
+        self._storage = storage
         self._client = client
-        self._timeouts = timeouts
-        self._signer = signer
-        self._fallback_url = fallback_url
-        self._max_pending = max_pending
-        self._queue: asyncio.Queue[_Event] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self._applications = applications
+        self.retention_s = retention_s
+        self.retry_base_s = retry_base_s
+        self.retry_cap_s = retry_cap_s
+        self.max_in_flight = max_in_flight
+        self._clock = clock
+        self._rng = rng
+        self._count = self._safe_count()
+        # Scheduling: a call with pending events is in exactly one of _ready (to attempt
+        # now), _timers (waiting for its next attempt) or _in_flight (being attempted).
+        self._active: set[str] = set()
+        self._ready: deque[str] = deque()
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_seq = 0
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._unknown_apps: set[str] = set()
         self.delivered = 0
-        self.failed = 0
+        self.rejected = 0
+        self.dropped = 0
 
-    @property
-    def pending(self) -> int:
-        """Events queued and not yet attempted (the one in flight excluded)."""
-        return self._queue.qsize()
+    # ------------------------------------------------------------------ the API
+    def post(self, call_uuid: str, app: ApplicationConfig, url: str, method: str,
+             payload: Mapping[str, Any], *, plain: bool = False,
+             ends_call: bool = False) -> bool:
+        """Write an event for delivery and wake the deliverer; never blocks, never raises.
 
-    def post(self, url: str, method: str, payload: Mapping[str, Any]) -> None:
-        """Queue an event for delivery; never blocks and never raises.
+        ``call_uuid`` orders the event after the earlier ones with the same key. ``app``
+        is the application it is sent for: its id (timeouts, signing) and, unless
+        ``plain``, its ``fallback_answer_url``. ``plain``: neither signed nor sent to the
+        fallback (Exotel's passthru). ``method`` is ``GET`` or ``POST`` (any case).
+        ``payload`` is copied as JSON. ``ends_call``: delete the call's live row in the
+        same transaction (``completed``), so a crash can neither lose the event nor resume
+        a finished call.
 
-        ``method`` is ``"GET"`` or ``"POST"`` (case-insensitive).  ``payload`` is copied
-        (shallowly) so later changes by the caller do not affect the queued event.
+        Returns True once the event is on disk; False (logged) if it could not be written.
         """
         try:
             m = method.upper()
             if m not in ("GET", "POST"):
                 raise ValueError(f"unsupported method {method!r}")
-            if self._queue.qsize() >= self._max_pending:
-                raise OverflowError(f"more than {self._max_pending} events pending")
-            event = _Event(url=url, method="GET" if m == "GET" else "POST", payload=dict(payload))
-            self._ensure_worker()
-            self._queue.put_nowait(event)
+            # A JSON round trip: the stored text is what will be sent, now and after a
+            # restart, whatever the caller does with its dict later.
+            body = json.loads(json.dumps(dict(payload), default=str))
+            now = self._clock()
+            event = NewOutboxEvent(
+                call_uuid=call_uuid, application_id=app.id, url=url,
+                method="GET" if m == "GET" else "POST", payload=body,
+                fallback_url=None if plain else app.fallback_answer_url,
+                signed=not plain, created_at=now, next_attempt_at=now,
+            )
+            self._storage.outbox_add(event, end_call=call_uuid if ends_call else None)
         except Exception as exc:
-            self.failed += 1
-            log.warning(
-                "webhook event dropped",
-                url=redact_url(url) if isinstance(url, str) else None,
-                error=str(exc) or type(exc).__name__,
-            )
+            log.error("event.not_written", call_uuid=call_uuid,
+                      url=redact_url(url) if isinstance(url, str) else None,
+                      error=str(exc) or type(exc).__name__)
+            return False
+        self._count += 1
+        if call_uuid not in self._active:
+            self._active.add(call_uuid)
+            self._ready.append(call_uuid)
+        self._wake.set()
+        return True
 
-    async def drain(self, timeout_s: float = 15.0) -> None:
-        """Wait (up to ``timeout_s`` seconds) until every queued event has been attempted.
-
-        Events still undelivered when the timeout expires are abandoned, logged and
-        counted as failed.  The outbox stays usable: a later :meth:`post` restarts it.
-        """
-        worker = self._worker
-        if worker is None:
+    async def start(self) -> None:
+        """Start delivering: the rows already on disk first, in order (idempotent)."""
+        if self._dispatcher is not None and not self._dispatcher.done():
             return
+        self._count = self._safe_count()
+        self._active.clear()
+        self._ready.clear()
+        self._timers.clear()
+        for call_uuid, next_attempt_at in self._storage.outbox_streams():
+            self._active.add(call_uuid)
+            self._schedule(call_uuid, next_attempt_at)
+        if self._active:
+            log.info("events.resumed", calls=len(self._active), events=self._count)
+        self._dispatcher = asyncio.get_running_loop().create_task(
+            self._dispatch(), name="event-outbox")
+        _running.add(self)
+
+    async def stop(self) -> None:
+        """Stop delivering; what is not delivered stays on disk for the next start.
+
+        Attempts in flight are cancelled: an application may have received one of them,
+        and gets it again after the restart (the at-least-once window)."""
+        _running.discard(self)
+        dispatcher, self._dispatcher = self._dispatcher, None
+        tasks = [t for t in (dispatcher, *self._in_flight.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._in_flight.clear()
+
+    async def flush(self, timeout_s: float) -> int:
+        """Try every pending event now, and wait (at most ``timeout_s`` seconds) until none
+        is left; returns how many remain undelivered (they stay on disk).
+
+        Calls waiting for their next attempt are tried at once, one time; an event that
+        fails again waits for its backoff as usual."""
+        if self._dispatcher is None or self._dispatcher.done():
+            return self.backlog()
+        while self._timers:
+            _, _, call_uuid = heapq.heappop(self._timers)
+            self._ready.append(call_uuid)
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                while self._count > 0:
+                    self._changed.clear()
+                    await self._changed.wait()
+        return self.backlog()
+
+    def backlog(self) -> int:
+        """Events written and not yet delivered or given up."""
+        return max(self._count, 0)
+
+    def oldest_age_s(self) -> float:
+        """Seconds since the oldest pending event was written (0 when none is pending)."""
+        if self._count <= 0:
+            return 0.0
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._queue.join()
-        except TimeoutError:
-            abandoned = self._queue.qsize() + 1  # plus the one in flight
-            log.warning("webhook events abandoned", count=abandoned, timeout_s=timeout_s)
-        finally:
-            await self._stop_worker()
+            oldest = self._storage.outbox_oldest_created_at()
+        except Exception:
+            return 0.0
+        return 0.0 if oldest is None else max(self._clock() - oldest, 0.0)
 
-    def _ensure_worker(self) -> None:
-        if self._worker is None or self._worker.done():
-            # Raises RuntimeError outside a running loop; post() reports that.
-            self._worker = asyncio.get_running_loop().create_task(
-                self._run(), name="webhook-event-outbox"
-            )
+    # ---------------------------------------------------------------- scheduling
+    def _safe_count(self) -> int:
+        try:
+            return self._storage.outbox_count()
+        except Exception:
+            log.exception("events.count_failed")
+            return 0
 
-    async def _stop_worker(self) -> None:
-        worker, self._worker = self._worker, None
-        if worker is not None and not worker.done():
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-        while not self._queue.empty():
-            self._queue.get_nowait()
-            self._queue.task_done()
-            self.failed += 1
+    def _schedule(self, call_uuid: str, at: float) -> None:
+        if at <= self._clock():
+            self._ready.append(call_uuid)
+        else:
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (at, self._timer_seq, call_uuid))
 
-    async def _run(self) -> None:
+    async def _dispatch(self) -> None:
         while True:
-            event = await self._queue.get()
-            try:
-                await self._deliver(event)
-            except asyncio.CancelledError:
-                self.failed += 1
-                raise
-            except Exception:
-                self.failed += 1
-                log.exception("webhook event delivery crashed", url=redact_url(event.url))
-            finally:
-                self._queue.task_done()
+            now = self._clock()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, call_uuid = heapq.heappop(self._timers)
+                self._ready.append(call_uuid)
+            while self._ready and len(self._in_flight) < self.max_in_flight:
+                call_uuid = self._ready.popleft()
+                if call_uuid in self._in_flight:
+                    continue  # flush() pulled a call forward that is being attempted
+                self._in_flight[call_uuid] = asyncio.get_running_loop().create_task(
+                    self._advance(call_uuid), name=f"event-outbox:{call_uuid}")
+            timeout = None
+            if self._timers:
+                timeout = max(self._timers[0][0] - now, 0.0)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
-    async def _deliver(self, event: _Event) -> None:
-        req = WebhookRequest(url=event.url, method=event.method, data=event.payload)
-        result = await self._client.send_with_fallback(
-            req, self._fallback_url, _ignore_body, self._timeouts, self._signer
-        )
-        if result.ok:
-            self.delivered += 1
+    async def _advance(self, call_uuid: str) -> None:
+        """Attempt the oldest event of one call, then schedule what comes next."""
+        try:
+            head = self._storage.outbox_head(call_uuid)
+            if head is None:
+                self._active.discard(call_uuid)
+                return
+            outcome = await self._attempt(head)
+            if outcome == "delivered":
+                self.delivered += 1
+                self._forget(head)
+                self._ready.append(call_uuid)
+            elif outcome == "rejected":
+                self.rejected += 1
+                log.warning("event.rejected", call_uuid=head.call_uuid,
+                            url=redact_url(head.url), status=head.payload.get("status"))
+                self._forget(head)
+                self._ready.append(call_uuid)
+            else:
+                self._failed(head)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug or a storage error: never spin on it; try this call again later.
+            log.exception("event.delivery_crashed", call_uuid=call_uuid)
+            self._schedule(call_uuid, self._clock() + self.retry_cap_s)
+        finally:
+            self._in_flight.pop(call_uuid, None)
+            self._wake.set()
+
+    def _failed(self, head: OutboxEvent) -> None:
+        now = self._clock()
+        attempts = head.attempts + 1
+        expires = head.created_at + self.retention_s
+        if now >= expires:
+            self.dropped += 1
+            metrics.OUTBOX_DROPPED.inc()
+            log.error("event.dropped", call_uuid=head.call_uuid, url=redact_url(head.url),
+                      status=head.payload.get("status"), attempts=attempts,
+                      retention_s=self.retention_s)
+            self._forget(head)
+            self._ready.append(head.call_uuid)
             return
-        self.failed += 1
-        last = result.fallback or result.primary
-        log.warning(
-            "webhook event failed",
-            url=redact_url(event.url),
-            status=last.status,
-            error=result.error,
-        )
+        # The last attempt falls on the retention's end, not after it.
+        at = min(now + backoff_delay(attempts, self.retry_base_s, self.retry_cap_s, self._rng),
+                 expires)
+        self._storage.outbox_retry_later(head.id, attempts, at)
+        log.info("event.retry_later", call_uuid=head.call_uuid, url=redact_url(head.url),
+                 attempts=attempts, in_s=round(at - now, 3))
+        self._schedule(head.call_uuid, at)
+
+    def _forget(self, head: OutboxEvent) -> None:
+        self._storage.outbox_delete(head.id)
+        self._count -= 1
+        self._changed.set()
+
+    async def _attempt(self, event: OutboxEvent) -> Outcome:
+        app = self._applications(event.application_id)
+        if app is None and event.application_id not in self._unknown_apps:
+            # Its configuration was removed since the event was written: send it anyway,
+            # with default timeouts and unsigned.
+            self._unknown_apps.add(event.application_id)
+            log.warning("event.unknown_application", application_id=event.application_id)
+        timeouts = (Timeouts(connect_ms=app.timeouts.connect_ms,
+                             read_ms=app.timeouts.event_read_ms)
+                    if app is not None else Timeouts())
+        signer = None
+        if event.signed and app is not None and app.signature_secret is not None:
+            signer = Signer(secret=app.signature_secret.get_secret_value(),
+                            application_id=app.id)
+        request = WebhookRequest(url=event.url, method=event.method, data=event.payload)
+        result = await self._client.send_with_fallback(
+            request, event.fallback_url, _ignore_body, timeouts, signer, kind="event")
+        if result.ok:
+            return "delivered"
+        return classify(result.primary, result.fallback)

@@ -55,6 +55,12 @@ def test_file_and_environment_make_one_config(tmp_path: Path) -> None:
     (GOOD + "\nbogus: 1\n", "bogus"),
     ("- just\n- a list\n", "the top level must be a mapping"),
     ("ari: [unclosed\n", "not valid YAML"),
+    (GOOD + "\nevents: {retention_hours: 0}\n", "events.retention_hours"),
+    (GOOD + "\nevents: {retry_base_s: -1}\n", "events.retry_base_s"),
+    (GOOD + "\nevents: {retry_cap_s: 0}\n", "events.retry_cap_s"),
+    (GOOD + "\nevents: {max_in_flight: 0}\n", "events.max_in_flight"),
+    (GOOD + "\nevents: {retry_base_s: 10, retry_cap_s: 5}\n",
+     "events.retry_cap_s (5.0) must not be below events.retry_base_s (10.0)"),
 ])
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -71,6 +77,7 @@ def test_the_documented_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "config.example.yaml"
     config = load_config(example, environ={})
     assert config.application_for_number("442079460000") is not None
+    assert config.events.retention_s == 24 * 3600.0
 
 
 # ------------------------------------------------------------------ environment overrides
@@ -186,3 +193,11 @@ def test_ids_that_differ_only_by_punctuation_are_ambiguous(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="ambiguous, matches 'my-app', 'my_app'"):
         load_config(write(tmp_path, text),
                     environ={"ARI_BRIDGE_APPLICATIONS__MY_APP__EVENT_URL": "https://x.example/"})
+
+
+
+def test_events_defaults_and_environment() -> None:
+    config = load_config(None, environ={"ARI_BRIDGE_EVENTS__RETENTION_HOURS": "2",
+                                        "ARI_BRIDGE_EVENTS__MAX_IN_FLIGHT": "8"})
+    assert config.events.retention_s == 7200.0 and config.events.max_in_flight == 8
+    assert (config.events.retry_base_s, config.events.retry_cap_s) == (0.5, 30.0)

@@ -29,7 +29,7 @@ from bridge.cli import _serve_until_signal
 from bridge.config import load_config
 from bridge.lab.sipp import free_port
 from bridge.ncco.models import PhoneEndpoint
-from bridge.webhooks import WebhookClient
+from bridge.webhooks import EventOutbox, WebhookClient
 from tests.unit.test_session import Harness
 
 CHANNEL = "chan-new"
@@ -163,7 +163,10 @@ async def flushing_engine(tmp_path: Path) -> AsyncIterator[CallEngine]:
     await webhooks.start()
     engine = _engine(tmp_path, DialplanGateway())
     engine.webhooks = webhooks
+    engine.events = EventOutbox(engine.store, webhooks, engine.config.application)
+    await engine.events.start()
     yield engine
+    await engine.events.stop()
     await engine.agents.close()
     await webhooks.close()
 
@@ -171,33 +174,36 @@ async def flushing_engine(tmp_path: Path) -> AsyncIterator[CallEngine]:
 async def test_flush_waits_for_a_pending_event_to_be_delivered(
         flushing_engine: CallEngine) -> None:
     engine = flushing_engine
+    app = engine.application("app")
     async with HoldingServer() as server:
-        outbox = engine.new_outbox(engine.application("app"))
-        outbox.post(server.url, "POST", {"status": "completed"})
+        engine.events.post("call-1", app, server.url, "POST", {"status": "completed"})
         flush = asyncio.ensure_future(engine.flush_events(60))
         while server.received == 0:  # noqa: ASYNC110 - the request comes over loopback
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
         assert not flush.done()  # the event is still in flight: the flush waits for it
         server.release.set()
-        await asyncio.wait_for(flush, 30)
-    assert (outbox.delivered, outbox.failed) == (1, 0)
+        assert await asyncio.wait_for(flush, 30) == 0
+    assert engine.events.delivered == 1
+    assert engine.events.backlog() == 0
 
 
-async def test_flush_gives_up_after_its_timeout(flushing_engine: CallEngine) -> None:
+async def test_flush_gives_up_after_its_timeout_and_keeps_the_events(
+        flushing_engine: CallEngine) -> None:
     engine = flushing_engine
+    app = engine.application("app")
     async with HoldingServer() as server:  # never released while the flush runs
-        outbox = engine.new_outbox(engine.application("app"))
-        outbox.post(server.url, "POST", {"status": "answered"})
-        outbox.post(server.url, "POST", {"status": "completed"})
-        await asyncio.wait_for(engine.flush_events(0.5), 30)
-        assert outbox.delivered == 0
-        assert outbox.failed == 2  # the one in flight and the one behind it
-        assert outbox.pending == 0
+        engine.events.post("call-1", app, server.url, "POST", {"status": "answered"})
+        engine.events.post("call-1", app, server.url, "POST", {"status": "completed"})
+        left = await asyncio.wait_for(engine.flush_events(0.5), 30)
+        # Both stay on disk for the next bridge: the one in flight and the one behind it.
+        assert left == 2
+        assert engine.events.delivered == 0
+        assert engine.store.outbox_count() == 2
 
 
 async def test_flush_with_nothing_queued_returns(flushing_engine: CallEngine) -> None:
-    await asyncio.wait_for(flushing_engine.flush_events(10), 30)
+    assert await asyncio.wait_for(flushing_engine.flush_events(10), 30) == 0
 
 
 # ------------------------------------------------------------------------ the signals

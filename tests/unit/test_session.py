@@ -61,6 +61,9 @@ class FakeGateway:
     async def stop_playback(self, playback_id: str) -> None:
         self.calls.append(("stop", playback_id))
 
+    async def app_channel_ids(self) -> list[str]:
+        return []  # no channel in Stasis: every stored call ended while no bridge ran
+
 
 class FakeWebhooks:
     """Answers by URL from a script; records every request."""
@@ -87,15 +90,16 @@ class FakeMedia:
         return MediaItem("a" * 64, Path("/dev/null"), 0.2)
 
 
-class RecordingOutbox:
-    def __init__(self) -> None:
-        self.payloads: list[dict[str, Any]] = []
+class StoredEvents:
+    """The events the engine wrote to its (real) outbox, which is never started here: they
+    stay in the store, in order."""
 
-    def post(self, url: str, method: str, payload: dict[str, Any]) -> None:
-        self.payloads.append(dict(payload))
+    def __init__(self, store: CallStore) -> None:
+        self.store = store
 
-    async def drain(self, timeout_s: float = 15.0) -> None:
-        return None
+    @property
+    def payloads(self) -> list[dict[str, Any]]:
+        return [e.payload for e in self.store.outbox_events()]
 
 
 class Harness:
@@ -109,10 +113,10 @@ class Harness:
         })
         self.gateway = FakeGateway()
         self.webhooks = FakeWebhooks({"http://hooks/answer": answer, **(hooks or {})})
-        self.outbox = RecordingOutbox()
+        store = CallStore(tmp_path / "calls.sqlite3")
+        self.outbox = StoredEvents(store)
         self.engine = CallEngine(config, self.gateway, self.webhooks, FakeMedia(),  # type: ignore[arg-type]
-                                 CallStore(tmp_path / "calls.sqlite3"), lambda: "http://bridge")
-        self.engine.new_outbox = lambda app: self.outbox  # type: ignore[method-assign,assignment,return-value]
+                                 store, lambda: "http://bridge")
 
     def start_call(self) -> Any:
         self.engine.on_stasis_start({"type": "StasisStart", "channel": {"id": CHANNEL},
@@ -209,3 +213,25 @@ async def test_invalid_answer_ncco_ends_the_unanswered_call_with_congestion(
     assert error["uuid"] == session.uuid
     assert error["conversation_uuid"] == session.conversation_uuid
     assert error["timestamp"].endswith("Z")
+
+
+async def test_a_call_that_ended_while_away_completes_to_its_own_event_url(
+        tmp_path: Path) -> None:
+    """A REST-created call's own URLs are kept in the store: after a restart its completed
+    goes to them, not to the application's; the live row goes with that same write."""
+    from bridge.calls.store import CallRecord
+
+    h = Harness(tmp_path, [])
+    own = CallRecord(uuid="u-own", conversation_uuid="CON-1", channel_id="gone-1",
+                     application_id="app", direction="outbound", from_number="1",
+                     to_number="2", started_at="2024-01-01T00:00:00.000Z",
+                     answered_at="2024-01-01T00:00:01.000Z", ncco=[], position=0,
+                     event_url="http://own/events", event_method="GET")
+    h.engine.store.save(own)
+    await h.engine.reconcile()
+    [completed] = h.engine.store.outbox_events()
+    assert (completed.url, completed.method) == ("http://own/events", "GET")
+    assert completed.payload["status"] == "completed" and completed.payload["uuid"] == "u-own"
+    assert h.engine.store.all() == []
+    assert h.engine.application_of(own).event_url == "http://own/events"
+    assert h.engine.application("app").event_url == "http://hooks/event"

@@ -98,7 +98,7 @@ class LegEvents:
             return
         self.sent.append(status)
         if self.url is not None:
-            self.call.outbox.post(self.url, self.method, self.payload(status, **extra))
+            self.call.post_event(self.url, self.method, self.payload(status, **extra))
 
 
 def _caller_id(call: CallSession, action: Connect) -> str:

@@ -45,7 +45,7 @@ async def run(call: CallSession, action: Conversation) -> list[Action] | None:
     url, method = ((action.event_url[0], action.event_method) if action.event_url
                    else (call.app.event_url, call.app.event_method))
     if url is not None:
-        call.outbox.post(url, method, {
+        call.post_event(url, method, {
             "conversation_uuid_from": call.conversation_uuid,
             "conversation_uuid_to": room.conversation_uuid,
             "uuid": call.uuid,

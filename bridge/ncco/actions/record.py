@@ -224,6 +224,5 @@ class CallRecording:
         if url is None:
             self.log.warning("record.no_event_url")
             return
-        outbox = call.engine.new_outbox(call.app)  # the call's own outbox may be drained
-        outbox.post(url, method, payload)
-        call.engine.recordings.spawn(outbox.drain(), f"record-event:{call.uuid}")
+        # In the call's order, also when the recording is stored after the call ended.
+        call.post_event(url, method, payload)
