@@ -293,7 +293,7 @@ async def test_sigterm_drains_rejects_new_calls_with_503_and_leaves_live_calls_u
         assert events.statuses(ending, events.answered).count("completed") == 1
         lines = process.log_lines()
         flushed = [line for line in lines if line.get("event") == "drain.events_flushed"]
-        assert len(flushed) == 1 and flushed[0]["failed"] == 0, flushed
+        assert len(flushed) == 1 and flushed[0]["left_for_next_start"] == 0, flushed
         assert [line["to"] for line in lines
                 if line.get("event") == "call.rejected_draining"] == [rejected]
         # The rejected call never became a call: no answer_url request, no event.
