@@ -25,6 +25,7 @@ from bridge.calls.store import CallRecord
 from bridge.calls.websocket_leg import open_websocket_leg
 from bridge.config import ApplicationConfig
 from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
+from bridge.dial.outcome import LegOutcome
 from bridge.ncco.models import (
     Action,
     NccoError,
@@ -135,6 +136,7 @@ class CallSession:
         self.disconnected_by = "platform"
         self.final_status = "completed"  # or the failure an outbound call ended with
         self._hanging_up = False
+        self._ringing_leg: Leg | None = None  # an outbound call's leg while it is dialled
         self._waiters: list[Waiter] = []
         self._current: asyncio.Task[list[Action] | None] | None = None
         self._pending_ncco: list[Action] | None = None
@@ -229,8 +231,12 @@ class CallSession:
         self.status("answered")
 
     async def hang_up(self) -> None:
-        """End the call from our side (a REST hangup): ``disconnected_by`` is the platform."""
+        """End the call from our side (a REST hangup): ``disconnected_by`` is the platform.
+        An outbound call still ringing is ``cancelled``, Vonage's status for a call its
+        originator stopped before it was answered."""
         self._hanging_up = True
+        if self._ringing_leg is not None:
+            self._ringing_leg.cancel()
         await self.gateway.hangup(self.channel_id)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -348,14 +354,20 @@ class CallSession:
                             channel_id=self.channel_id)
 
         def on_status(leg: Leg, status: str) -> None:
+            self._ringing_leg = leg
             if status == "ringing":
                 self.status("ringing")
 
-        winner, legs = await dialer.dial([target], request.ringing_timer_s, on_status)
+        try:
+            winner, legs = await dialer.dial([target], request.ringing_timer_s, on_status)
+        finally:
+            self._ringing_leg = None
         if winner is None:
             dialer.release(legs[0])
             outcome = legs[0].outcome
             self.final_status = outcome.value if outcome is not None else "failed"
+            if outcome in (LegOutcome.BUSY, LegOutcome.REJECTED, LegOutcome.UNANSWERED):
+                self.disconnected_by = "user"  # the far end turned the call down
             self.status(self.final_status)
             self.gone.set()  # nothing to hang up: the leg never came up
             return None
@@ -504,10 +516,10 @@ class CallSession:
         self.log.info("call.ended", direction=self.direction, to=self.record.to_number,
                       answered=self.answered is not None, disconnected_by=self.disconnected_by,
                       actions_run=self.position, replacements=self.replacements)
-        if self.app.event_url is not None and (self.outbound is None or
-                                               self.answered is not None):
-            # An outbound call that was never answered ended with its failure status
-            # (busy, timeout, ...), as Vonage reports it; there is no conversation to complete.
+        if self.app.event_url is not None:
+            # Every call ends with completed, also an outbound call that was never answered
+            # (after its busy, timeout, cancelled, ... status; its duration is 0): Vonage's
+            # call flow, "always received at the end of a call".
             self.status(
                 "completed",
                 **ev.completed_extra(self.started, self.answered, ended, self.disconnected_by),
