@@ -138,6 +138,10 @@ class MediaConfig(_Strict):
     path: Path = Path("/var/lib/ari-bridge/media")
     max_download_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(10.0, gt=0, le=120)
+    playback_margin_s: float = Field(
+        15.0, gt=0, le=600,
+        description="seconds beyond a prompt's own length that Asterisk may take to start "
+                    "it, and again to finish it once started, before it counts as stuck")
 
 
 class RecordingsConfig(_Strict):

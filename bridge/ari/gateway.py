@@ -320,13 +320,16 @@ class AriGateway:
             channel_id=channel_id,
         )
 
-    async def stop_playback(self, playback_id: str) -> None:
-        """Stop a playback; one that already finished is fine."""
+    async def stop_playback(self, playback_id: str) -> bool:
+        """Stop a playback (or cancel it, while it waits in the channel's queue). Returns False
+        when there was none: one that already finished is fine."""
         try:
             await self.request("DELETE", f"/playbacks/{playback_id}")
         except AriError as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True
 
     async def get_channel(self, channel_id: str) -> dict[str, Any]:
         result = await self.request("GET", f"/channels/{channel_id}", channel_id=channel_id)

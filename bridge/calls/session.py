@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Event = dict[str, Any]
+
+#: Seconds a resumed call waits for Asterisk to let go of a playback it was asked to stop.
+LEFTOVER_STOP_WAIT_S = 2.0
 
 
 class CallState(enum.Enum):
@@ -221,6 +225,31 @@ class CallSession:
         )
         self.outbox.post(self.app.event_url, self.app.event_method, payload)
 
+    def action_playback_ids(self) -> tuple[str, str]:
+        """The playback ids of the NCCO action now running (a looping prompt alternates
+        between the two). Derived from the call and the action's place in its NCCO, not
+        random: a bridge that resumes the call after a restart knows them, and stops what its
+        predecessor left playing (a talk with ``loop: 0`` queues a long chunk)."""
+        namespace = uuidlib.UUID(self.uuid)
+        place = f"playback:{self.replacements}:{self.position}"
+        return (str(uuidlib.uuid5(namespace, place + ":0")),
+                str(uuidlib.uuid5(namespace, place + ":1")))
+
+    async def _stop_leftover_playbacks(self) -> None:
+        """On resume: stop the running action's playback that the previous bridge started,
+        and wait (bounded) until Asterisk has finished with it, so that the action plays
+        again at once, with the same ids, instead of queueing behind it."""
+        for playback_id in self.action_playback_ids():
+            finished = self.expect(_playback_finished(playback_id))
+            try:
+                if await self.gateway.stop_playback(playback_id):
+                    self.log.info("call.leftover_playback_stopped", playback_id=playback_id)
+                    await finished.wait(LEFTOVER_STOP_WAIT_S)
+            except AriError as exc:
+                self.log.warning("call.leftover_playback_not_stopped", error=str(exc))
+            finally:
+                self.forget(finished)
+
     async def ensure_answered(self) -> None:
         """Answer the channel once, the first time an action needs media."""
         if self.answered is not None:
@@ -293,6 +322,8 @@ class CallSession:
                     await ring
                 self._begin(actions)
             if self.state is CallState.RUNNING:
+                if self._resumed:
+                    await self._stop_leftover_playbacks()
                 await self._run_actions()
                 self._transition(CallState.ENDING, "hangup" if self.gone.is_set() else "ncco_done")
                 await self.gateway.hangup(self.channel_id)
@@ -533,6 +564,11 @@ class CallSession:
             return
         self.log.debug(f"{self.state.value} -[{event}]-> {new.value}")
         self.state = new
+
+
+def _playback_finished(playback_id: str) -> Callable[[Event], bool]:
+    return lambda e: (e.get("type") == "PlaybackFinished"
+                      and e.get("playback", {}).get("id") == playback_id)
 
 
 def _optional_ncco(response: WebhookResponse) -> list[Action] | None:
