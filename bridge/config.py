@@ -50,8 +50,15 @@ class AriConfig(_Strict):
     password: SecretStr = SecretStr("")
     app: str = "ari-bridge"
     request_timeout_s: float = Field(5.0, gt=0, le=60)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
+    reconnect_min_s: float = Field(
+        0.5, gt=0, description="first backoff step after a lost connection (doubles, jittered)")
+    reconnect_max_s: float = Field(
+        5.0, gt=0, description="cap of the backoff between full reconnect attempts")
+    probe_interval_s: float = Field(
+        0.5, gt=0, le=10,
+        description="while disconnected, how often ARI is probed (GET /asterisk/ping): the "
+                    "bridge reconnects as soon as Asterisk answers again, without waiting out "
+                    "the backoff")
     ping_interval_s: float = Field(5.0, gt=0, description="how often a live connection is checked")
 
     @field_validator("url")

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from bridge.app import BridgeService
 from bridge.lab import LabInfo
@@ -137,6 +138,57 @@ async def test_call_survives_a_dropped_ari_connection(lab, webhooks, tmp_path, p
 
 async def _reconnected(service: BridgeService, before: int) -> bool:
     return service.gateway.connects > before and service.gateway.connected
+
+
+async def test_bridge_reconnects_as_soon_as_ari_is_back_without_waiting_out_the_backoff(
+        lab, webhooks, tmp_path, proxy, dial):
+    """ARI goes away (the relay in front of it stops) and comes back. The backoff is at
+    least 30 s here, so a reconnect within the poll's deadline can only come from the probe
+    that runs every 0.5 s while the bridge is disconnected."""
+    await proxy.start()
+    service = BridgeService(bridge_config(
+        lab, webhooks, tmp_path, url=f"http://127.0.0.1:{proxy.port}",
+        reconnect_min_s=60.0, reconnect_max_s=60.0, probe_interval_s=0.5))
+    await service.start()
+    gateway = service.gateway
+    try:
+        assert await gateway.wait_connected(20)
+        reconnects = REGISTRY.get_sample_value("ari_bridge_ari_reconnects_total") or 0.0
+        await proxy.stop()  # Asterisk unreachable: connections refused
+
+        async def down() -> bool:
+            return not gateway.connected and (await health(service))[0] == 503
+
+        await poll(down)
+        attempts, probes = gateway.connect_attempts, gateway.probes
+
+        async def probed_a_while() -> bool:
+            return gateway.probes >= probes + 4
+
+        await poll(probed_a_while)
+        assert gateway.connect_attempts == attempts  # probes only, no full attempt meanwhile
+        back_at = time.monotonic()
+        await proxy.start()  # Asterisk answers again
+
+        async def healthy() -> bool:
+            return gateway.connected and (await health(service))[0] == 200
+
+        await poll(healthy, timeout=20)
+        print(f"reconnected {time.monotonic() - back_at:.2f} s after ARI was back "
+              f"({gateway.probes - probes} probes during the outage)")
+        assert gateway.connect_attempts == attempts + 1  # the first full attempt made it
+        assert (REGISTRY.get_sample_value("ari_bridge_ari_reconnects_total") or 0.0) == (
+            reconnects + 1)
+
+        number = new_number()  # and it serves a new call
+        webhooks.answer(number, [{"action": "talk", "text": "Back again."}])
+        call = await dial(number)
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(number)
+        assert webhooks.statuses(number) == ["started", "ringing", "answered", "completed"]
+        assert call.audio.voiced_seconds() > 0.5
+    finally:
+        await service.stop()
 
 
 async def test_restarted_bridge_resumes_a_call_left_in_stasis(lab, webhooks, tmp_path, dial):
