@@ -59,8 +59,15 @@ class AriConfig(_Strict):
     password: SecretStr = SecretStr("")
     app: str = "ari-bridge"
     request_timeout_s: float = Field(5.0, gt=0, le=60)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
+    reconnect_min_s: float = Field(
+        0.5, gt=0, description="first backoff step after a lost connection (doubles, jittered)")
+    reconnect_max_s: float = Field(
+        5.0, gt=0, description="cap of the backoff between full reconnect attempts")
+    probe_interval_s: float = Field(
+        0.5, gt=0, le=10,
+        description="while disconnected, how often ARI is probed (GET /asterisk/ping): the "
+                    "bridge reconnects as soon as Asterisk answers again, without waiting out "
+                    "the backoff")
     ping_interval_s: float = Field(5.0, gt=0, description="how often a live connection is checked")
 
     @field_validator("url")
@@ -147,6 +154,10 @@ class MediaConfig(_Strict):
     path: Path = Path("/var/lib/ari-bridge/media")
     max_download_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(10.0, gt=0, le=120)
+    playback_margin_s: float = Field(
+        15.0, gt=0, le=600,
+        description="seconds beyond a prompt's own length that Asterisk may take to start "
+                    "it, and again to finish it once started, before it counts as stuck")
 
 
 class RecordingsConfig(_Strict):

@@ -11,9 +11,12 @@ Why it looks the way it does:
 * REST requests on the hot path (answer, play, hangup, ...) go through one pooled aiohttp
   session instead of aioari's swagger operations: the swagger client re-validates every
   request and costs a measurable share of a call's CPU (see docs/benchmarks.md).
-* The connection is kept forever: capped exponential backoff, and on every (re)connect an
-  ``on_connected`` callback reconciles what happened while we were away. A watchdog pings
-  Asterisk, because a half-open TCP connection would otherwise look alive forever.
+* The connection is kept forever: jittered, capped exponential backoff between full connect
+  attempts, and on every (re)connect an ``on_connected`` callback reconciles what happened
+  while we were away. While disconnected, a cheap probe (``GET /asterisk/ping``) runs every
+  ``probe_interval_s``, and the moment Asterisk answers again after it did not, the bridge
+  reconnects without waiting out the backoff. A watchdog pings Asterisk, because a half-open
+  TCP connection would otherwise look alive forever.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
@@ -77,6 +81,19 @@ def _route_key(event: Event) -> str | None:
     return None
 
 
+def reconnect_delay(failures: int, min_s: float, max_s: float,
+                    rng: random.Random | None = None) -> float:
+    """Seconds to wait before the next full connect attempt, after ``failures`` attempts
+    failed in a row (0: the connection was just lost).
+
+    The step doubles from ``min_s`` and is capped at ``max_s``; the delay is drawn between half
+    the step and the whole step ("equal jitter"), so that bridges that lost the same Asterisk
+    do not all come back in the same instant, yet none waits much less than the step."""
+    exponent = min(max(failures, 0), 32)  # 2**32 * min_s is past any cap
+    step = min(max_s, min_s * 2.0 ** exponent)
+    return step / 2 + (rng or random).uniform(0, step / 2)
+
+
 def _params(params: dict[str, Any] | None) -> dict[str, str] | None:
     if not params:
         return None
@@ -119,8 +136,11 @@ class AriGateway:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.last_error: str | None = None
         self.connects = 0
+        self.connect_attempts = 0  # full attempts (swagger load and event websocket)
+        self.probes = 0  # cheap pings while disconnected
         self.events_routed = 0
         self.events_unrouted = 0
+        self._disconnected_at: float | None = None  # monotonic; None while connected
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -156,24 +176,69 @@ class AriGateway:
             await self._http.close()
 
     async def _run(self) -> None:
-        delay = self.config.reconnect_min_s
+        failures = 0
         while not self._stopping:
             client = self._new_client()
             try:
                 if await self._connect_and_read(client):
-                    delay = self.config.reconnect_min_s
+                    failures = 0
             finally:
                 # Shielded: a stop() arriving now must not leave aioari's session open.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(client.close())
             if self._stopping:
                 return
-            log.warning("ari.disconnected", error=self.last_error, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_max_s)
+            if self._disconnected_at is None:
+                self._disconnected_at = time.monotonic()
+            delay = reconnect_delay(failures, self.config.reconnect_min_s,
+                                    self.config.reconnect_max_s)
+            failures += 1
+            log.warning("ari.disconnected", error=self.last_error, retry_in_s=round(delay, 2))
+            woken_by = await self._wait_to_reconnect(delay)
+            log.debug("ari.reconnecting", woken_by=woken_by, attempt=failures)
+
+    async def _wait_to_reconnect(self, delay_s: float) -> str:
+        """Wait up to ``delay_s`` seconds before the next full attempt, probing ARI every
+        ``probe_interval_s`` meanwhile. Returns "probe" when the wait ended because Asterisk
+        answered again after it did not, "backoff" when the delay ran out.
+
+        Only a change from unreachable to reachable ends the wait early: when ARI answers
+        pings but the full connect fails anyway (a missing module, a refused websocket), the
+        backoff still applies, so such a failure is never retried in a tight loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay_s
+        seen_down = not await self._probe()
+        while not self._stopping:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return "backoff"
+            await asyncio.sleep(min(self.config.probe_interval_s, remaining))
+            if self._stopping or loop.time() >= deadline:
+                return "backoff"
+            if await self._probe():
+                if seen_down:
+                    return "probe"
+            else:
+                seen_down = True
+        return "backoff"
+
+    async def _probe(self) -> bool:
+        """A cheap check that ARI answers (``GET /asterisk/ping``, 200), bounded by a short
+        timeout so a silent network does not hold the probe loop."""
+        if self._http is None:
+            return False
+        self.probes += 1
+        timeout = aiohttp.ClientTimeout(total=max(self.config.probe_interval_s, 1.0))
+        try:
+            async with self._http.get(self._base + "/asterisk/ping", timeout=timeout) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
     async def _connect_and_read(self, client: Any) -> bool:
         """One connection's life. Returns True if it got as far as reading events."""
+        self.connect_attempts += 1
         try:
             await client.init()
             ws = await client.swagger.events.eventWebsocket(app=self.app)
@@ -187,7 +252,13 @@ class AriGateway:
         self.last_error = None
         await self._filter_events()
         self._connected.set()
-        log.info("ari.connected", url=self.config.url, app=self.app, connects=self.connects)
+        down_s = (None if self._disconnected_at is None
+                  else round(time.monotonic() - self._disconnected_at, 3))
+        self._disconnected_at = None
+        if self.connects > 1:
+            metrics.ARI_RECONNECTS.inc()
+        log.info("ari.connected", url=self.config.url, app=self.app, connects=self.connects,
+                 down_s=down_s)
         side_tasks = [asyncio.create_task(self._watchdog(ws), name="ari-watchdog")]
         if self._on_connected is not None:
             side_tasks.append(asyncio.create_task(self._on_connected(), name="ari-reconcile"))
@@ -195,6 +266,7 @@ class AriGateway:
             await self._read(ws)
         finally:
             self._connected.clear()
+            self._disconnected_at = time.monotonic()
             self._ws = None
             for task in side_tasks:
                 task.cancel()
@@ -326,13 +398,16 @@ class AriGateway:
             channel_id=channel_id,
         )
 
-    async def stop_playback(self, playback_id: str) -> None:
-        """Stop a playback; one that already finished is fine."""
+    async def stop_playback(self, playback_id: str) -> bool:
+        """Stop a playback (or cancel it, while it waits in the channel's queue). Returns False
+        when there was none: one that already finished is fine."""
         try:
             await self.request("DELETE", f"/playbacks/{playback_id}")
         except AriError as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True
 
     async def get_channel(self, channel_id: str) -> dict[str, Any]:
         result = await self.request("GET", f"/channels/{channel_id}", channel_id=channel_id)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from bridge.calls.store import CallRecord
 from bridge.calls.websocket_leg import open_websocket_leg
 from bridge.config import ApplicationConfig
 from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
+from bridge.dial.outcome import LegOutcome
 from bridge.ncco.models import (
     Action,
     NccoError,
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Event = dict[str, Any]
+
+#: Seconds a resumed call waits for Asterisk to let go of a playback it was asked to stop.
+LEFTOVER_STOP_WAIT_S = 2.0
 
 
 class CallState(enum.Enum):
@@ -137,6 +142,7 @@ class CallSession:
         self.disconnected_by = "platform"
         self.final_status = "completed"  # or the failure an outbound call ended with
         self._hanging_up = False
+        self._ringing_leg: Leg | None = None  # an outbound call's leg while it is dialled
         self._waiters: list[Waiter] = []
         self._current: asyncio.Task[list[Action] | None] | None = None
         self._pending_ncco: list[Action] | None = None
@@ -232,6 +238,31 @@ class CallSession:
         )
         self.post_event(self.app.event_url, self.app.event_method, payload)
 
+    def action_playback_ids(self) -> tuple[str, str]:
+        """The playback ids of the NCCO action now running (a looping prompt alternates
+        between the two). Derived from the call and the action's place in its NCCO, not
+        random: a bridge that resumes the call after a restart knows them, and stops what its
+        predecessor left playing (a talk with ``loop: 0`` queues a long chunk)."""
+        namespace = uuidlib.UUID(self.uuid)
+        place = f"playback:{self.replacements}:{self.position}"
+        return (str(uuidlib.uuid5(namespace, place + ":0")),
+                str(uuidlib.uuid5(namespace, place + ":1")))
+
+    async def _stop_leftover_playbacks(self) -> None:
+        """On resume: stop the running action's playback that the previous bridge started,
+        and wait (bounded) until Asterisk has finished with it, so that the action plays
+        again at once, with the same ids, instead of queueing behind it."""
+        for playback_id in self.action_playback_ids():
+            finished = self.expect(_playback_finished(playback_id))
+            try:
+                if await self.gateway.stop_playback(playback_id):
+                    self.log.info("call.leftover_playback_stopped", playback_id=playback_id)
+                    await finished.wait(LEFTOVER_STOP_WAIT_S)
+            except AriError as exc:
+                self.log.warning("call.leftover_playback_not_stopped", error=str(exc))
+            finally:
+                self.forget(finished)
+
     async def ensure_answered(self) -> None:
         """Answer the channel once, the first time an action needs media."""
         if self.answered is not None:
@@ -242,8 +273,12 @@ class CallSession:
         self.status("answered")
 
     async def hang_up(self) -> None:
-        """End the call from our side (a REST hangup): ``disconnected_by`` is the platform."""
+        """End the call from our side (a REST hangup): ``disconnected_by`` is the platform.
+        An outbound call still ringing is ``cancelled``, Vonage's status for a call its
+        originator stopped before it was answered."""
         self._hanging_up = True
+        if self._ringing_leg is not None:
+            self._ringing_leg.cancel()
         await self.gateway.hangup(self.channel_id)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -300,6 +335,8 @@ class CallSession:
                     await ring
                 self._begin(actions)
             if self.state is CallState.RUNNING:
+                if self._resumed:
+                    await self._stop_leftover_playbacks()
                 await self._run_actions()
                 self._transition(CallState.ENDING, "hangup" if self.gone.is_set() else "ncco_done")
                 await self.gateway.hangup(self.channel_id)
@@ -361,14 +398,20 @@ class CallSession:
                             channel_id=self.channel_id)
 
         def on_status(leg: Leg, status: str) -> None:
+            self._ringing_leg = leg
             if status == "ringing":
                 self.status("ringing")
 
-        winner, legs = await dialer.dial([target], request.ringing_timer_s, on_status)
+        try:
+            winner, legs = await dialer.dial([target], request.ringing_timer_s, on_status)
+        finally:
+            self._ringing_leg = None
         if winner is None:
             dialer.release(legs[0])
             outcome = legs[0].outcome
             self.final_status = outcome.value if outcome is not None else "failed"
+            if outcome in (LegOutcome.BUSY, LegOutcome.REJECTED, LegOutcome.UNANSWERED):
+                self.disconnected_by = "user"  # the far end turned the call down
             self.status(self.final_status)
             self.gone.set()  # nothing to hang up: the leg never came up
             return None
@@ -518,13 +561,14 @@ class CallSession:
         self.log.info("call.ended", direction=self.direction, to=self.record.to_number,
                       answered=self.answered is not None, disconnected_by=self.disconnected_by,
                       actions_run=self.position, replacements=self.replacements)
-        # An outbound call that was never answered ended with its failure status.
+        # Every call ends with completed, also an outbound call that was never answered
+        # (after its busy, timeout, cancelled, ... status; its duration is 0): Vonage's
+        # call flow, "always received at the end of a call". The metric counts the final
+        # status of an outbound call that never reached anyone.
         reached = self.outbound is None or self.answered is not None
         metrics.CALLS_ENDED.labels(status="completed" if reached else self.final_status).inc()
-        send_completed = self.app.event_url is not None and reached
+        send_completed = self.app.event_url is not None
         if send_completed:
-            # An outbound call that was never answered ended with its failure status
-            # (busy, timeout, ...), as Vonage reports it; there is no conversation to complete.
             # The event and the deletion of the live row are one transaction: after a crash
             # the call is neither resumed nor left without its completed.
             self.status(
@@ -541,6 +585,11 @@ class CallSession:
             return
         self.log.debug(f"{self.state.value} -[{event}]-> {new.value}")
         self.state = new
+
+
+def _playback_finished(playback_id: str) -> Callable[[Event], bool]:
+    return lambda e: (e.get("type") == "PlaybackFinished"
+                      and e.get("playback", {}).get("id") == playback_id)
 
 
 def _optional_ncco(response: WebhookResponse) -> list[Action] | None:

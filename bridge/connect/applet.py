@@ -412,15 +412,28 @@ class AppletRun:
                                       {"X-Exotel-CallSid": self.call_sid}))
             self._passthru(params, "dial", cand.contact)
 
+        seen: dict[str, Leg] = {}
+
         def on_status(leg: Leg, status: str) -> None:
+            seen[leg.uuid] = leg
             if status in ("ringing", "answered"):
                 self._passthru(params, status, leg.target.to)
 
         ring_s = params.max_ringing_s or self.applet.ring_timeout_s
         started = time.monotonic()
-        # No caller channel: Asterisk would copy the caller's identity over the caller ID
-        # chosen above (outgoing_phone_number or the number the call came in on).
-        winner, legs = await self.engine.dialer.dial(targets, ring_s, on_status)
+        try:
+            # No caller channel: Asterisk would copy the caller's identity over the caller ID
+            # chosen above (outgoing_phone_number or the number the call came in on).
+            winner, legs = await self.engine.dialer.dial(targets, ring_s, on_status)
+        except asyncio.CancelledError:
+            # The caller hung up (or the call was transferred) while the agents rang: the
+            # dialer has hung every leg up. Each agent's events still end with terminal, as
+            # on every other path; their leases go with the applet's cleanup.
+            for leg_uuid, cand in by_leg.items():
+                self._passthru(params, "terminal", cand.contact)
+                if leg_uuid in seen:
+                    self.engine.dialer.release(seen[leg_uuid])
+            raise
         self.last_dialled = candidates[-1].contact if winner is None else winner.target.to
         for leg in legs:
             if leg is winner:

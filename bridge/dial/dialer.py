@@ -204,6 +204,8 @@ class Dialer:
             # The created channel joins our application asynchronously: dialling it before
             # its StasisStart gets 409 "Channel not in Stasis application".
             await asyncio.wait_for(leg.in_stasis.wait(), STASIS_WAIT_S)
+            if leg.outcome is LegOutcome.CANCELLED:
+                return  # stopped while it was being created (a REST hangup): never ring it
             leg.ring_timeout_s = ring_timeout_s
             leg.dialled_at = time.monotonic()
             # No 'caller' here: Asterisk would copy the caller's own number onto the new leg

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from vonage_voice.models.ncco import Notify
+from vonage_voice.models.ncco import Talk as SdkTalk
+from vonage_voice.models.requests import CreateCallRequest
 
 from bridge.app import BridgeService
 from bridge.lab.pcap import tone_samples, write_rtp_pcap
-from bridge.lab.sipp import Agent, Audio, Pause
+from bridge.lab.sipp import Agent, Audio, HangUp, Pause
 from tests.integration.conftest import bridge_config
 from tests.integration.harness import new_number
+from tests.integration.test_rest_api import (
+    API_APP,
+    OTHER_APP,
+    _keypair,
+    _start_bridge,
+    in_thread,
+    sdk,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +82,10 @@ async def test_seed_000_busy_agent_fails_over_to_the_next_agent(
         assert call.sip.ok, call.sip.errors
         assert busy.invites() == 1 and free.invites() == 1
         # The eventUrl gets the leg's events; the busy one is answered with the next NCCO.
+        await webhooks.wait_for(lambda: len(webhooks.of(f"/hook/fallback-{number}")) == 3)
         leg_events = [r.json for r in webhooks.of(f"/hook/fallback-{number}")]
-        assert [e["status"] for e in leg_events] == ["started", "busy"]
-        failed = leg_events[-1]
+        assert [e["status"] for e in leg_events] == ["started", "busy", "completed"]
+        failed = leg_events[1]
         assert failed["to"] == "4155550123"
         assert failed["conversation_uuid"] == webhooks.events(number)[0][
             "conversation_uuid"]
@@ -99,8 +113,11 @@ async def test_failed_attempt_reports_its_status_to_a_synchronous_event_url(
         call = await dial(number)
 
         assert call.sip.ok, call.sip.errors
+        await webhooks.wait_for(lambda: "completed" in [
+            r.json["status"] for r in webhooks.of(f"/hook/fail-{status}-{number}")])
         statuses = [r.json["status"] for r in webhooks.of(f"/hook/fail-{status}-{number}")]
-        assert statuses[0] == "started" and statuses[-1] == status
+        # Ringing is only seen when the agent rang before failing.
+        assert [s for s in statuses if s != "ringing"] == ["started", status, "completed"]
         assert call.audio.voiced_seconds() > 1.0  # the replacement NCCO's talk
 
 
@@ -117,8 +134,10 @@ async def test_number_without_route_fails_and_the_flow_continues(agents_bridge, 
     await dial(number, expect_status=603)
 
     await webhooks.wait_completed(number)
+    await webhooks.wait_completed("999000")
     leg = [e for e in webhooks.of("/event") if e.json.get("to") == "999000"]
-    assert [e.json["status"] for e in leg] == ["started", "failed"]
+    assert [e.json["status"] for e in leg] == ["started", "failed", "completed"]
+    assert leg[-1].json["duration"] == "0"
     assert any("no outbound route" in e for e in webhooks.errors(number))
     assert len(webhooks.of(f"/hook/after-{number}")) == 1
 
@@ -272,3 +291,163 @@ async def test_ivr_caller_presses_4_mid_prompt_and_the_reply_connects_to_sales(
         leg = [e.json["status"] for e in webhooks.of("/event")
                if e.json.get("to") == "442079460099"]
         assert leg == ["started", "ringing", "answered", "completed"]
+
+
+# ------------------------------------------- the callee leg ends, whichever side ends it
+def leg_statuses(webhooks, callee: str) -> list[str]:
+    """The status events of the callee leg dialled at ``callee`` (event_url), in order."""
+    return [e.json["status"] for e in webhooks.of("/event")
+            if isinstance(e.json, dict) and e.json.get("to") == callee]
+
+
+def saw_cancel(agent: Agent) -> bool:
+    """The agent's phone received a CANCEL: it stopped ringing."""
+    return bool(re.search(r"message received[^\n]*\n+\s*CANCEL ", agent.messages))
+
+
+async def test_caller_hanging_up_while_the_callee_rings_cancels_and_completes_the_leg(
+        agents_bridge, webhooks, dial):
+    async with Agent(180) as agent:  # rings until it is cancelled
+        await agents_bridge({"44": agent.port})
+        number, callee = new_number(), "44" + new_number()
+        webhooks.answer(number, [
+            {"action": "talk", "text": "Please hold."},
+            {"action": "connect", "timeout": 60,
+             "endpoint": [{"type": "phone", "number": callee}]},
+        ])
+
+        # The prompt lasts about a second; the agent rings from then until the caller leaves.
+        call = await dial(number, steps=[Pause(6000), HangUp()])
+
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(callee)
+        assert leg_statuses(webhooks, callee) == ["started", "ringing", "cancelled", "completed"]
+        leg = [e.json for e in webhooks.of("/event") if e.json.get("to") == callee]
+        assert leg[-1]["duration"] == "0" and leg[-1]["disconnected_by"] == "platform"
+        await webhooks.wait_completed(number)
+        assert webhooks.events(number)[-1]["disconnected_by"] == "user"
+        await webhooks.wait_for(lambda: saw_cancel(agent))
+
+
+async def test_connect_timeout_ends_the_leg_and_the_ncco_moves_on(agents_bridge, webhooks,
+                                                                  dial):
+    async with Agent(180) as agent:
+        await agents_bridge({"44": agent.port})
+        number, callee = new_number(), "44" + new_number()
+        webhooks.answer(number, [
+            {"action": "connect", "timeout": 3,
+             "endpoint": [{"type": "phone", "number": callee}]},
+            {"action": "talk", "text": "Nobody answered. Goodbye."},
+        ])
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(callee)
+        assert leg_statuses(webhooks, callee) == ["started", "ringing", "timeout", "completed"]
+        assert call.audio.voiced_seconds() > 1.0  # the talk after the connect was heard
+        await webhooks.wait_completed(number)
+        assert webhooks.statuses(number) == ["started", "ringing", "answered", "completed"]
+
+
+@pytest.fixture(scope="module")
+def api_keys() -> dict[str, tuple[str, str]]:
+    return {API_APP: _keypair(), OTHER_APP: _keypair()}
+
+
+@pytest.fixture
+async def api_agents_bridge(lab, webhooks, tmp_path, api_keys) -> AsyncIterator:
+    """A bridge whose default application takes REST requests, with routes to agents."""
+    services: list[BridgeService] = []
+
+    async def make(routes: dict[str, int]) -> BridgeService:
+        services.append(await _start_bridge(lab, webhooks, tmp_path, api_keys, API_APP,
+                                            routes=routes))
+        return services[-1]
+
+    yield make
+    for service in services:
+        await service.stop()
+
+
+def rest_client(service: BridgeService, api_keys: dict[str, tuple[str, str]]):
+    return sdk(service, API_APP, api_keys[API_APP][0])
+
+
+async def test_rest_hangup_of_the_caller_while_the_callee_rings_cancels_the_leg(
+        api_agents_bridge, api_keys, webhooks, dial):
+    async with Agent(180) as agent:
+        service = await api_agents_bridge({"44": agent.port})
+        number, callee = new_number(), "44" + new_number()
+        webhooks.answer(number, [{"action": "connect", "timeout": 60,
+                                  "endpoint": [{"type": "phone", "number": callee}]}])
+        # Nothing needs media: the caller hears ringing (SIP 180) too, and is turned down
+        # when the call is hung up.
+        call_task = asyncio.ensure_future(dial(number, expect_status=603))
+        try:
+            await webhooks.wait_for(lambda: "ringing" in leg_statuses(webhooks, callee))
+            caller_uuid = webhooks.events(number)[0]["uuid"]
+
+            await in_thread(rest_client(service, api_keys).voice.hangup, caller_uuid)
+
+            call = await call_task
+        finally:
+            if not call_task.done():
+                call_task.cancel()
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(callee)
+        assert leg_statuses(webhooks, callee) == ["started", "ringing", "cancelled", "completed"]
+        await webhooks.wait_completed(number)
+        assert webhooks.events(number)[-1]["disconnected_by"] == "platform"
+        await webhooks.wait_for(lambda: saw_cancel(agent))
+
+
+async def test_rest_transfer_while_the_callee_rings_cancels_the_leg_and_runs_the_new_ncco(
+        api_agents_bridge, api_keys, webhooks, dial):
+    async with Agent(180) as agent:
+        service = await api_agents_bridge({"44": agent.port})
+        number, callee = new_number(), "44" + new_number()
+        moved = webhooks.hook(f"moved-{number}", {})
+        webhooks.answer(number, [
+            {"action": "talk", "text": "Please hold."},
+            {"action": "connect", "timeout": 60,
+             "endpoint": [{"type": "phone", "number": callee}]},
+        ])
+        call_task = asyncio.ensure_future(dial(number))
+        try:
+            await webhooks.wait_for(lambda: "ringing" in leg_statuses(webhooks, callee))
+            caller_uuid = webhooks.events(number)[0]["uuid"]
+
+            await in_thread(rest_client(service, api_keys).voice.transfer_call_ncco,
+                            caller_uuid, [Notify(payload={"moved": True}, eventUrl=[moved]),
+                                          SdkTalk(text="You were transferred. Goodbye.")])
+
+            call = await call_task
+        finally:
+            if not call_task.done():
+                call_task.cancel()
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(callee)
+        assert leg_statuses(webhooks, callee) == ["started", "ringing", "cancelled", "completed"]
+        await webhooks.wait_for(lambda: saw_cancel(agent))
+        assert [r.json for r in webhooks.of(f"/hook/moved-{number}")] == [{"moved": True}]
+        await webhooks.wait_completed(number)
+
+
+async def test_rest_hangup_of_an_outbound_call_while_it_rings_is_cancelled_then_completed(
+        api_agents_bridge, api_keys, webhooks):
+    async with Agent(180) as agent:
+        service = await api_agents_bridge({"44": agent.port})
+        callee = "44" + new_number()
+        client = rest_client(service, api_keys)
+        created = await in_thread(client.voice.create_call, CreateCallRequest(
+            to=[{"type": "phone", "number": callee}], from_={"number": "15550001111"},
+            ncco=[SdkTalk(text="Never heard.")], ringing_timer=60))
+        await webhooks.wait_for(lambda: "ringing" in webhooks.statuses(callee))
+
+        await in_thread(client.voice.hangup, created.uuid)
+
+        await webhooks.wait_completed(callee)
+        assert webhooks.statuses(callee) == ["started", "ringing", "cancelled", "completed"]
+        assert webhooks.events(callee)[-1]["duration"] == "0"
+        await webhooks.wait_for(lambda: saw_cancel(agent))

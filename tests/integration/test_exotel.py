@@ -21,7 +21,7 @@ from bridge.agents.redis_server import RedisServer
 from bridge.app import BridgeService
 from bridge.config import Config
 from bridge.lab.pcap import tone_samples, write_rtp_pcap
-from bridge.lab.sipp import Agent, Audio, Pause, RtpReceiver, free_port, place_call
+from bridge.lab.sipp import Agent, Audio, HangUp, Pause, RtpReceiver, free_port, place_call
 from tests.integration.conftest import Call, bridge_config
 from tests.integration.harness import Recorded, Reply, _pick, _respond, new_number
 from tests.rawhttp import RawServer
@@ -595,6 +595,29 @@ async def test_passthru_events_in_order(exotel, applet_app, lab):
         assert details["call_sid"] == applet_app.of(applet.primary)[0].query["CallSid"]
         for key in ("created_time", "current_time"):
             assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$", details[key])
+
+
+async def test_caller_hanging_up_while_the_agent_rings_ends_its_passthru_events(
+        exotel, applet_app, lab):
+    applet = new_applet(applet_app)
+    applet_app.script(f"/passthru/{applet.key}", Reply(status=200))
+    async with Agent(180) as agent:  # rings until it is cancelled
+        applet_app.script(applet.primary, dest("+4428002", max_ringing_duration=60,
+                                               call_event_passthru_url=applet.passthru))
+        await exotel({"4428002": agent.port}, {applet.number: applet.config()})
+
+        # The caller is answered when the agent is dialled, and leaves while it rings.
+        result = await call(lab, applet.number, steps=[Pause(4000), HangUp()])
+
+        assert result.sip.ok, result.sip.errors
+        await applet_app.wait_for(
+            lambda: len(applet_app.of(f"/passthru/{applet.key}")) >= 3)
+        events = [r.json for r in applet_app.of(f"/passthru/{applet.key}")]
+        assert [e["event_details"]["event_type"] for e in events] == [
+            "dial", "ringing", "terminal"]
+        assert events[-1]["call_details"]["status"] == "free"
+        await applet_app.wait_for(lambda: saw_cancel(agent))
+        assert applet.outcomes() == []  # the caller is gone: no transition is asked
 
 
 @pytest.mark.parametrize("moh", [{"type": "default_tone"}, {"type": "custom_tone"}])

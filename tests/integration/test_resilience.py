@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
 import pytest
+import yaml
+from prometheus_client import REGISTRY
 
 from bridge.app import BridgeService
-from bridge.lab.sipp import HangUp, Pause, free_port
+from bridge.lab import LabInfo
+from bridge.lab.sipp import HangUp, Pause, RtpReceiver, SippResult, free_port, place_call
 from tests.integration.conftest import bridge_config
-from tests.integration.harness import new_number
+from tests.integration.harness import WebhookApp, new_number
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +140,57 @@ async def _reconnected(service: BridgeService, before: int) -> bool:
     return service.gateway.connects > before and service.gateway.connected
 
 
+async def test_bridge_reconnects_as_soon_as_ari_is_back_without_waiting_out_the_backoff(
+        lab, webhooks, tmp_path, proxy, dial):
+    """ARI goes away (the relay in front of it stops) and comes back. The backoff is at
+    least 30 s here, so a reconnect within the poll's deadline can only come from the probe
+    that runs every 0.5 s while the bridge is disconnected."""
+    await proxy.start()
+    service = BridgeService(bridge_config(
+        lab, webhooks, tmp_path, url=f"http://127.0.0.1:{proxy.port}",
+        reconnect_min_s=60.0, reconnect_max_s=60.0, probe_interval_s=0.5))
+    await service.start()
+    gateway = service.gateway
+    try:
+        assert await gateway.wait_connected(20)
+        reconnects = REGISTRY.get_sample_value("ari_bridge_ari_reconnects_total") or 0.0
+        await proxy.stop()  # Asterisk unreachable: connections refused
+
+        async def down() -> bool:
+            return not gateway.connected and (await health(service))[0] == 503
+
+        await poll(down)
+        attempts, probes = gateway.connect_attempts, gateway.probes
+
+        async def probed_a_while() -> bool:
+            return gateway.probes >= probes + 4
+
+        await poll(probed_a_while)
+        assert gateway.connect_attempts == attempts  # probes only, no full attempt meanwhile
+        back_at = time.monotonic()
+        await proxy.start()  # Asterisk answers again
+
+        async def healthy() -> bool:
+            return gateway.connected and (await health(service))[0] == 200
+
+        await poll(healthy, timeout=20)
+        print(f"reconnected {time.monotonic() - back_at:.2f} s after ARI was back "
+              f"({gateway.probes - probes} probes during the outage)")
+        assert gateway.connect_attempts == attempts + 1  # the first full attempt made it
+        assert (REGISTRY.get_sample_value("ari_bridge_ari_reconnects_total") or 0.0) == (
+            reconnects + 1)
+
+        number = new_number()  # and it serves a new call
+        webhooks.answer(number, [{"action": "talk", "text": "Back again."}])
+        call = await dial(number)
+        assert call.sip.ok, call.sip.errors
+        await webhooks.wait_completed(number)
+        assert webhooks.statuses(number) == ["started", "ringing", "answered", "completed"]
+        assert call.audio.voiced_seconds() > 0.5
+    finally:
+        await service.stop()
+
+
 async def test_restarted_bridge_resumes_a_call_left_in_stasis(lab, webhooks, tmp_path, dial):
     number = new_number()
     after = webhooks.hook(f"after-restart-{number}", {})
@@ -182,3 +241,147 @@ async def test_call_that_ended_while_the_bridge_was_down_gets_its_completed_even
         assert int(webhooks.events(number)[-1]["duration"]) >= 1
     finally:
         await second.stop()
+
+
+# ------------------------------------------------------- a bridge process, killed with -9
+class BridgeProcess:
+    """``ari-bridge serve`` as a child process, with a configuration file written by the test.
+
+    Every start uses the same HTTP port, store and media folder: what a restarted service
+    finds. Its output goes to ``log`` (shown when a test fails)."""
+
+    def __init__(self, config: dict[str, Any], folder: Path) -> None:
+        self.config_path = folder / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log = folder / "bridge.log"
+        self.url = f"http://127.0.0.1:{config['http']['port']}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        command = Path(sys.executable).parent / "ari-bridge"
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(command), "serve", "--config", str(self.config_path),
+                stdout=out, stderr=asyncio.subprocess.STDOUT)
+        await poll(self.healthy, timeout=30)
+
+    async def healthy(self) -> bool:
+        assert self.proc is not None and self.proc.returncode is None, self.output()
+        with contextlib.suppress(aiohttp.ClientError):
+            async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as resp:
+                return resp.status == 200
+        return False
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()  # our own child, by PID
+            await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()  # our own child, by PID
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                await self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+def process_config(lab: LabInfo, webhooks: WebhookApp, folder: Path,
+                   **media: Any) -> dict[str, Any]:
+    base = bridge_config(lab, webhooks, folder)
+    data = base.model_dump(mode="json", by_alias=True)
+    data["ari"]["password"] = base.ari.password.get_secret_value()
+    data["http"]["port"] = free_port(socket.SOCK_STREAM)
+    data["media"].update(media)
+    return data
+
+
+async def ari_hangup(lab: LabInfo, channel_id: str) -> None:
+    token = base64.b64encode(f"{lab.ari_username}:{lab.ari_password}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http, \
+            http.delete(f"{lab.ari_url}/ari/channels/{channel_id}"):
+        pass
+
+
+async def ari_channel_ids(lab: LabInfo) -> list[str]:
+    token = base64.b64encode(f"{lab.ari_username}:{lab.ari_password}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http, \
+            http.get(f"{lab.ari_url}/ari/channels") as resp:
+        return [c["id"] for c in await resp.json()]
+
+
+def last_voiced(receiver: RtpReceiver) -> float:
+    """When the caller last received audio above silence (monotonic seconds; 0 if never)."""
+    from bridge.lab.sipp import _ULAW
+
+    for packet in reversed(receiver.audio_packets()):
+        samples = [_ULAW[b] for b in packet.payload]
+        if samples and (sum(x * x for x in samples) / len(samples)) ** 0.5 > 500:
+            return packet.arrived
+    return 0.0
+
+
+#: Seconds a resumed call is watched after the restart (see the test).
+WATCH_S = 25.0
+
+
+async def test_resumed_endless_talk_goes_on_after_kill_9_and_restart(lab, webhooks, tmp_path):
+    """A caller on hold (talk, loop 0) when the bridge dies with SIGKILL. The next bridge
+    resumes the talk: the dead bridge's queued chunk of the prompt must not make the new
+    playback miss its deadline (which hung the call up with an error), so the caller keeps
+    hearing the prompt well past that deadline, until the caller hangs up."""
+    margin_s = 1.0
+    bridge = BridgeProcess(process_config(lab, webhooks, tmp_path, playback_margin_s=margin_s),
+                           tmp_path)
+    number = new_number()
+    # About 1 s of speech: ten copies per playback, about 10 s.
+    webhooks.answer(number, [{"action": "talk", "text": "Please hold.", "loop": 0}])
+    receiver = await RtpReceiver.open()
+    call_task: asyncio.Task[SippResult] | None = None
+    try:
+        await bridge.start()
+        channels_before = set(await ari_channel_ids(lab))
+        call_task = asyncio.ensure_future(place_call(
+            lab.sip_host, lab.sip_port, number, rtp_port=receiver.port, timeout_s=120))
+        await webhooks.wait_for(lambda: "answered" in webhooks.statuses(number))
+
+        async def heard_the_prompt() -> bool:
+            return receiver.voiced_seconds() > 1.0  # a copy or so played
+
+        await poll(heard_the_prompt)
+
+        await bridge.kill()
+        await bridge.start()
+        resumed_at = time.monotonic()
+
+        # The resumed playback's deadline is its ten copies of about a second plus the margin
+        # (about 11 s): the old bridge's chunk and the resumed one back to back ran past it.
+        # Watch for more than twice that.
+        watch_until = resumed_at + WATCH_S
+        while time.monotonic() < watch_until:
+            assert not call_task.done(), f"the call ended: {bridge.output()}"
+            assert webhooks.errors(number) == [], webhooks.errors(number)
+            assert "completed" not in webhooks.statuses(number)
+            await asyncio.sleep(0.5)
+        assert time.monotonic() - last_voiced(receiver) < 3.0, "the caller hears nothing"
+        assert webhooks.errors(number) == []
+
+        [channel] = set(await ari_channel_ids(lab)) - channels_before
+        await ari_hangup(lab, channel)  # as the caller hanging up
+        result = await asyncio.wait_for(call_task, 30)
+        assert result.ok, result.errors
+        await webhooks.wait_completed(number)
+        assert webhooks.statuses(number) == ["started", "ringing", "answered", "completed"]
+        assert "Asterisk could not play it" not in bridge.output()
+    except BaseException:
+        print(bridge.output())
+        raise
+    finally:
+        if call_task is not None and not call_task.done():
+            call_task.cancel()
+        await bridge.stop()
+        receiver.close()

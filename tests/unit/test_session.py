@@ -12,14 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bridge.calls.engine import CallEngine
-from bridge.calls.session import CallState
-from bridge.calls.store import CallStore
+from bridge.calls.session import CallSession, CallState
+from bridge.calls.store import CallRecord, CallStore
 from bridge.config import load_config
 from bridge.media import MediaItem
-from bridge.ncco.actions import _playback
 from bridge.webhooks import FallbackResult, ParseError, WebhookRequest, WebhookResponse
 
 CHANNEL = "chan-1"
@@ -30,6 +27,7 @@ class FakeGateway:
         self.calls: list[tuple[Any, ...]] = []
         self.routes: dict[str, Any] = {}
         self.finish_playbacks = True
+        self.playing: set[str] = set()  # playbacks Asterisk holds for the channel
 
     def emit(self, event: dict[str, Any]) -> None:
         self.routes[f"channel:{CHANNEL}"](event)
@@ -53,13 +51,21 @@ class FakeGateway:
 
     async def play(self, channel_id: str, media: list[str], playback_id: str) -> None:
         self.calls.append(("play", playback_id, len(media)))
+        self.playing.add(playback_id)
         if self.finish_playbacks:
+            self.playing.discard(playback_id)
             # Finished before play() even returned: the waiter must already exist.
             self.emit({"type": "PlaybackFinished",
                        "playback": {"id": playback_id, "state": "done"}})
 
-    async def stop_playback(self, playback_id: str) -> None:
+    async def stop_playback(self, playback_id: str) -> bool:
         self.calls.append(("stop", playback_id))
+        if playback_id not in self.playing:
+            return False
+        self.playing.discard(playback_id)
+        self.emit({"type": "PlaybackFinished",
+                   "playback": {"id": playback_id, "state": "done"}})
+        return True
 
     async def app_channel_ids(self) -> list[str]:
         return []  # no channel in Stasis: every stored call ended while no bridge ran
@@ -104,8 +110,10 @@ class StoredEvents:
 
 class Harness:
     def __init__(self, tmp_path: Path, answer: list[dict[str, Any]],
-                 hooks: dict[str, Any] | None = None, max_replacements: int = 25) -> None:
+                 hooks: dict[str, Any] | None = None, max_replacements: int = 25,
+                 playback_margin_s: float = 15.0) -> None:
         config = load_config(None, environ={}, overrides={
+            "media": {"playback_margin_s": playback_margin_s},
             "applications": [{"id": "app", "answer_url": "http://hooks/answer",
                               "event_url": "http://hooks/event",
                               "max_ncco_replacements": max_replacements}],
@@ -187,10 +195,8 @@ async def test_replies_that_keep_replacing_the_ncco_are_bounded(tmp_path: Path) 
     assert h.statuses()[-1] == "completed"
 
 
-async def test_a_stuck_playback_times_out_is_stopped_and_reported(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_playback, "MARGIN_S", 0.1)
-    h = Harness(tmp_path, [{"action": "talk", "text": "never ends"}])
+async def test_a_stuck_playback_times_out_is_stopped_and_reported(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [{"action": "talk", "text": "never ends"}], playback_margin_s=0.1)
     h.gateway.finish_playbacks = False
     session = h.start_call()
     await h.until(lambda: session.state is CallState.ENDED)
@@ -235,3 +241,70 @@ async def test_a_call_that_ended_while_away_completes_to_its_own_event_url(
     assert h.engine.store.all() == []
     assert h.engine.application_of(own).event_url == "http://own/events"
     assert h.engine.application("app").event_url == "http://hooks/event"
+
+
+async def test_deadline_runs_from_playback_started_so_a_queued_prompt_is_not_stuck(
+        tmp_path: Path) -> None:
+    """The prompt (0.2 s, margin 2 s: 2.2 s to start, 2.2 s more to finish) waits 1.5 s
+    behind another playback on the channel, then plays for 1.5 s: 3 s in all, more than one
+    deadline, and still no timeout."""
+    h = Harness(tmp_path, [{"action": "talk", "text": "queued"}], playback_margin_s=2.0)
+    h.gateway.finish_playbacks = False
+    session = h.start_call()
+    await h.until(lambda: any(c[0] == "play" for c in h.gateway.calls))
+    playback_id = next(c[1] for c in h.gateway.calls if c[0] == "play")
+    await asyncio.sleep(1.5)
+    h.gateway.emit({"type": "PlaybackStarted", "playback": {"id": playback_id}})
+    await asyncio.sleep(1.5)
+    h.gateway.emit({"type": "PlaybackFinished",
+                    "playback": {"id": playback_id, "state": "done"}})
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert h.errors() == []
+    assert ("stop", playback_id) not in h.gateway.calls
+
+
+async def test_a_prompt_that_never_starts_times_out(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [{"action": "talk", "text": "never starts"}], playback_margin_s=0.1)
+    h.gateway.finish_playbacks = False
+    session = h.start_call()
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert any("talk: Asterisk could not play it (timeout)" in e for e in h.errors())
+
+
+async def test_a_looping_prompt_alternates_between_its_two_derived_playback_ids(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, [{"action": "talk", "text": "again", "loop": 0}])
+    session = h.start_call()
+    await h.until(lambda: len([c for c in h.gateway.calls if c[0] == "play"]) >= 3)
+    ids = [c[1] for c in h.gateway.calls if c[0] == "play"][:3]
+    expected = session.action_playback_ids()
+    assert ids == [expected[0], expected[1], expected[0]]
+    # Derived from the call and the action's place in the NCCO: the same for every bridge.
+    assert len(set(expected)) == 2 and session.uuid not in expected
+    h.gateway.emit({"type": "StasisEnd", "channel": {"id": CHANNEL}})
+    await h.until(lambda: session.state is CallState.ENDED)
+
+
+async def test_resumed_call_stops_the_previous_bridges_playback_before_playing_again(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, [])
+    h.gateway.finish_playbacks = False
+    talk = [{"action": "talk", "text": "on hold", "loop": 0}]
+    record = CallRecord(
+        uuid="6d1f3f8e-1c51-4a3e-9a0a-3f3b1d6e2c11", conversation_uuid="CON-x",
+        channel_id=CHANNEL, application_id="app", direction="inbound",
+        from_number="15550001111", to_number="15551230000",
+        started_at="2026-01-01T00:00:00.000Z", answered_at="2026-01-01T00:00:01.000Z",
+        ncco=talk, position=0)
+    h.engine.store.save(record)
+    session = CallSession(h.engine, record, h.engine.parse(talk), resumed=True)
+    leftover = session.action_playback_ids()[0]
+    h.gateway.playing.add(leftover)  # the dead bridge's chunk, still on the channel
+    h.engine._start(session)
+
+    await h.until(lambda: any(c[0] == "play" for c in h.gateway.calls))
+    kinds = [c[:2] for c in h.gateway.calls]
+    assert kinds.index(("stop", leftover)) < kinds.index(("play", leftover))
+    h.gateway.emit({"type": "StasisEnd", "channel": {"id": CHANNEL}})
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert h.errors() == []

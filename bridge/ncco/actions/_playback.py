@@ -1,8 +1,18 @@
 """Playing media on the call's channel: the part talk and stream share.
 
-Subscribe first, then ask: the PlaybackFinished waiter exists before the play request is sent,
-so a short file that finishes at once cannot be missed. Every wait has a deadline (the media's
-length plus a margin) and a typed result.
+Subscribe first, then ask: the PlaybackStarted and PlaybackFinished waiters exist before the
+play request is sent, so a short file that finishes at once cannot be missed. Every wait has a
+deadline and a typed result.
+
+Deadlines are measured from PlaybackStarted, not from the request: Asterisk plays a channel's
+playbacks one after another, so a prompt may wait behind another one (a prompt started over
+REST, or one a bridge that died left on the channel). A playback must start within its media's
+length plus the margin (``media.playback_margin_s``), and finish within the same time after it
+started.
+
+The NCCO's own playbacks have ids derived from the call and the action's place in it
+(``CallSession.action_playback_ids``), so a bridge that resumes the call after a restart can
+stop what its predecessor left playing before it plays the prompt again.
 """
 
 from __future__ import annotations
@@ -10,18 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.calls.session import WaitOutcome
+from bridge.calls.session import Waiter, WaitOutcome
 
 if TYPE_CHECKING:
     from bridge.calls.session import CallSession
     from bridge.media import MediaItem
 
-#: Seconds allowed beyond the media's own length before a playback counts as stuck.
-MARGIN_S = 15.0
 #: Copies queued per play request when looping until the call ends (loop=0).
 ENDLESS_CHUNK = 10
 
@@ -41,36 +49,65 @@ async def play_item(
     beside the rest of the NCCO (asynchronous by the reference) until a key stops it.
     A playback Asterisk could not do becomes an error event naming ``what``."""
     uri = call.engine.media_uri(item.media_id)
+    # Taken now: a barge-in prompt keeps the ids of its own action while the NCCO moves on.
+    ids = call.action_playback_ids()
     if barge_in:
-        call.spawn(play(call, uri, loop, item.duration_s, True), what)
+        call.spawn(play(call, uri, loop, item.duration_s, True, ids), what)
         return
-    result = await play(call, uri, loop, item.duration_s, False)
+    result = await play(call, uri, loop, item.duration_s, False, ids)
     if result in (PlayResult.FAILED, PlayResult.TIMEOUT):
         call.error(f"{what}: Asterisk could not play it ({result.value})")
 
 
 async def play(
-    call: CallSession, media_uri: str, loop: int, duration_s: float, barge_in: bool
+    call: CallSession, media_uri: str, loop: int, duration_s: float, barge_in: bool,
+    ids: tuple[str, str] | None = None,
 ) -> PlayResult:
-    """Play ``media_uri`` ``loop`` times (0 = until the call ends)."""
+    """Play ``media_uri`` ``loop`` times (0 = until the call ends). ``duration_s`` is the
+    media's length in seconds. ``ids``: the two playback ids to alternate between (each
+    chunk of a looping prompt starts after the previous one finished, so an id is never in
+    use twice at once); random ids when None."""
+    chunk = 0
+
+    def next_id() -> str:
+        nonlocal chunk
+        chunk += 1
+        return ids[(chunk - 1) % 2] if ids is not None else new_id()
+
     if loop == 0:
         while True:
             result = await _play_once(call, [media_uri] * ENDLESS_CHUNK,
-                                      duration_s * ENDLESS_CHUNK, barge_in)
+                                      duration_s * ENDLESS_CHUNK, barge_in, next_id())
             if result is not PlayResult.DONE:
                 return result
-    return await _play_once(call, [media_uri] * loop, duration_s * loop, barge_in)
+    return await _play_once(call, [media_uri] * loop, duration_s * loop, barge_in, next_id())
+
+
+def _playback_event(kind: str, playback_id: str) -> Any:
+    return lambda e: e.get("type") == kind and e.get("playback", {}).get("id") == playback_id
+
+
+async def _first(waiters: list[Waiter], timeout_s: float) -> Waiter | None:
+    """The first of ``waiters`` to resolve within ``timeout_s`` seconds, or None."""
+    futures = {asyncio.ensure_future(w.wait(None)): w for w in waiters}
+    try:
+        done, _ = await asyncio.wait(futures, timeout=timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in futures:
+            future.cancel()
+    # Several may be done at once; the list's order decides (finished before started).
+    return next((w for w in waiters if w.future.done()), None) if done else None
 
 
 async def _play_once(
-    call: CallSession, media: list[str], duration_s: float, barge_in: bool
+    call: CallSession, media: list[str], duration_s: float, barge_in: bool, playback_id: str
 ) -> PlayResult:
-    playback_id = new_id()
-    finished = call.expect(
-        lambda e: e.get("type") == "PlaybackFinished"
-        and e.get("playback", {}).get("id") == playback_id
-    )
+    margin_s = call.engine.config.media.playback_margin_s
+    finished = call.expect(_playback_event("PlaybackFinished", playback_id))
+    started = call.expect(_playback_event("PlaybackStarted", playback_id))
     keyed = call.expect(lambda e: e.get("type") == "ChannelDtmfReceived") if barge_in else None
+    keys = [keyed] if keyed is not None else []
     stopped = False
     try:
         try:
@@ -79,30 +116,23 @@ async def _play_once(
             if call.gone.is_set():
                 return PlayResult.HANGUP
             raise
-        waits = [asyncio.ensure_future(finished.wait(duration_s + MARGIN_S))]
-        if keyed is not None:
-            waits.append(asyncio.ensure_future(keyed.wait(None)))
-        try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        first = done.pop().result()
-        outcome, event = first
-        if keyed is not None and keyed.future.done() and not finished.future.done():
-            return PlayResult.BARGED if outcome is WaitOutcome.EVENT else PlayResult.HANGUP
-        if outcome is WaitOutcome.HANGUP:
-            stopped = True
-            return PlayResult.HANGUP
-        if outcome is WaitOutcome.TIMEOUT:
+        # Queued behind whatever plays on the channel now; then its own length.
+        first = await _first([finished, started, *keys], duration_s + margin_s)
+        if first is started:
+            first = await _first([finished, *keys], duration_s + margin_s)
+        if first is None:
             return PlayResult.TIMEOUT
+        outcome, event = first.future.result()
+        if first is keyed:
+            return PlayResult.BARGED if outcome is WaitOutcome.EVENT else PlayResult.HANGUP
         stopped = True
+        if outcome is WaitOutcome.HANGUP:
+            return PlayResult.HANGUP
         state = (event or {}).get("playback", {}).get("state")
         return PlayResult.FAILED if state == "failed" else PlayResult.DONE
     finally:
-        call.forget(finished)
-        if keyed is not None:
-            call.forget(keyed)
+        for waiter in (finished, started, *keys):
+            call.forget(waiter)
         if not stopped and not call.gone.is_set():
             # Cancelled (new NCCO), barged in or stuck: the prompt must not go on playing.
             with contextlib.suppress(AriError):

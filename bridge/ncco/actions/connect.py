@@ -7,7 +7,10 @@ the running one: the seed's "connect to an alternative number".
 
 The callee is a new leg with its own uuid and the caller's conversation_uuid; its status events
 (started, ringing, answered or the failure, completed) go to the action's eventUrl, or the
-application's event_url.
+application's event_url. Every leg ends with its final status and then ``completed``, whichever
+side ends it: the callee (busy, hanging up), our ringing timer, or the caller's side (the caller
+hangs up, a REST hangup or transfer, the NCCO moving on): a leg stopped before it had an outcome
+is ``cancelled``, Vonage's status for a call cancelled by its originator before answer.
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ def check(action: Connect, index: int) -> None:
                         f"[{index}].machineDetection")
 
 
+#: Statuses that end a leg that was never answered (Vonage's names).
+UNANSWERED_STATUSES = frozenset(o.value for o in LegOutcome if o is not LegOutcome.ANSWERED)
+#: Of those, the ones where the callee's side ended the leg (``disconnected_by: user``).
+_CALLEE_ENDED = frozenset({LegOutcome.BUSY.value, LegOutcome.REJECTED.value,
+                           LegOutcome.UNANSWERED.value})
+
+
 class LegEvents:
     """Status events of the callee leg, each sent once, in order."""
 
@@ -86,6 +96,11 @@ class LegEvents:
         self.to = to
         self.from_ = from_
         self.sent: list[str] = []
+        self.started_at = datetime.now(UTC)
+        self.answered_at: datetime | None = None
+        #: How the dialer saw the leg end before it was answered (busy, timeout, cancelled...).
+        self.outcome: str | None = None
+        self.leg: Leg | None = None  # known from the dialer's first status callback
 
     def payload(self, status: str, **extra: Any) -> dict[str, Any]:
         return ev.status_event(
@@ -99,6 +114,49 @@ class LegEvents:
         self.sent.append(status)
         if self.url is not None:
             self.call.post_event(self.url, self.method, self.payload(status, **extra))
+
+    def on_leg_status(self, leg: Leg, status: str) -> None:
+        """The dialer's status callback: ringing and answered are sent at once; an unanswered
+        outcome is kept for ``run`` (a synchronous eventUrl may answer it with an NCCO)."""
+        self.leg = leg
+        if status == "ringing":
+            self.send(status)
+        elif status == "answered":
+            self.answered_at = datetime.now(UTC)
+            self.send(status)
+        elif status in UNANSWERED_STATUSES and self.outcome is None:
+            self.outcome = status
+
+    def finish(self) -> None:
+        """End the leg's events, whatever stopped it: the final status if none was sent yet
+        (``cancelled`` when the leg had no outcome of its own), then ``completed``."""
+        if "completed" in self.sent:
+            return
+        if self.answered_at is None:
+            final = next((s for s in self.sent if s in UNANSWERED_STATUSES), None)
+            if final is None:
+                final = self.outcome or LegOutcome.CANCELLED.value
+                self.send(final)
+            by = "user" if final in _CALLEE_ENDED else "platform"
+        else:
+            # Answered, but our side stopped the action before the conversation took the leg.
+            by = "platform"
+        self.send("completed", **ev.completed_extra(self.started_at, self.answered_at,
+                                                    datetime.now(UTC), by))
+
+    async def close(self) -> None:
+        """The action's last word on its leg, on every path (cancellation included): the
+        final events, an answered leg that no conversation took is hung up, and the leg's
+        events are no longer routed here."""
+        orphaned = (self.leg is not None and self.answered_at is not None
+                    and "completed" not in self.sent and not self.leg.ended.is_set())
+        self.finish()
+        if self.leg is None:
+            return
+        if orphaned:
+            with contextlib.suppress(AriError):
+                await asyncio.shield(self.call.gateway.hangup(self.leg.channel_id))
+        self.call.engine.dialer.release(self.leg)
 
 
 def _caller_id(call: CallSession, action: Connect) -> str:
@@ -132,6 +190,17 @@ async def run(call: CallSession, action: Connect) -> list[Action] | None:
     caller_id = _caller_id(call, action)
     events = LegEvents(call, action, leg_uuid, to, caller_id)
     events.send("started")
+    try:
+        return await _run_leg(call, action, events, leg_uuid, caller_id)
+    finally:
+        # Also when this action is cancelled (the caller hung up, a REST hangup or transfer):
+        # the dialer has hung up a leg still ringing, and the application must hear of it.
+        await events.close()
+
+
+async def _run_leg(call: CallSession, action: Connect, events: LegEvents, leg_uuid: str,
+                   caller_id: str) -> list[Action] | None:
+    endpoint = action.endpoint[0]
     if isinstance(endpoint, WebsocketEndpoint):
         return await _connect_websocket(call, action, endpoint, events)
     try:
@@ -140,14 +209,10 @@ async def run(call: CallSession, action: Connect) -> list[Action] | None:
         call.error(f"connect: {exc}")
         return await _failed(call, action, events, LegOutcome.FAILED)
 
-    def on_status(leg: Leg, status: str) -> None:
-        if status in ("ringing", "answered"):
-            events.send(status)
-
     ringback = await _start_ringback(call, _ringback_url(action))
     try:
         winner, legs = await call.engine.dialer.dial(
-            [target], action.timeout, on_status)
+            [target], action.timeout, events.on_leg_status)
     finally:
         await _stop_ringback(call, ringback)
     leg = legs[0]
@@ -216,7 +281,7 @@ async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEve
     """Join caller and callee until one of them hangs up or the limit is reached."""
     gateway = call.gateway
     bridge_id = new_id()
-    answered = datetime.now(UTC)
+    answered = events.answered_at or datetime.now(UTC)
     agents = call.engine.config.agents
     if agents.track_all_calls:
         # The callee is an agent on a call through the bridge: busy for Connect applets.
@@ -251,8 +316,10 @@ async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEve
             with contextlib.suppress(AriError):
                 await gateway.hangup(call.channel_id)
     finally:
+        # Who ended the conversation: the callee hung up first ("user"), or our side did (the
+        # caller left, a limit, machine detection, a transfer or REST hangup: "platform").
+        by = "user" if leg.ended.is_set() and not call.gone.is_set() else "platform"
         await asyncio.shield(_tear_down(call, leg, bridge_id))
-        by = "platform" if call.gone.is_set() else "user"  # the callee hung up on us
         events.send("completed", **ev.completed_extra(answered, answered, datetime.now(UTC), by))
         call.engine.dialer.release(leg)
 
