@@ -65,6 +65,17 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+async def _close_client(client: Any) -> None:
+    """Close an aioari client and its HTTP session. aioari's ``close`` fails on a client
+    whose ``init`` did not finish (Asterisk unreachable: it has no websocket set yet) before
+    it reaches the session, which then leaked on every failed connect attempt."""
+    try:
+        await client.close()
+    except Exception:
+        with contextlib.suppress(Exception):
+            await client.swagger.close()
+
+
 def _route_key(event: Event) -> str | None:
     """The owner an event belongs to: 'channel:<id>' or 'bridge:<id>'."""
     for field in ("channel", "peer"):
@@ -184,8 +195,7 @@ class AriGateway:
                     failures = 0
             finally:
                 # Shielded: a stop() arriving now must not leave aioari's session open.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(client.close())
+                await asyncio.shield(_close_client(client))
             if self._stopping:
                 return
             if self._disconnected_at is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 
 import pytest
 
@@ -90,3 +91,28 @@ async def test_stopping_ends_the_wait() -> None:
     gateway._stopping = True
     async with asyncio.timeout(5):
         assert await waiting == "backoff"
+
+
+def _open_sessions() -> int:
+    import gc
+
+    import aiohttp
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects()
+               if isinstance(o, aiohttp.ClientSession) and not o.closed)
+
+
+async def test_failed_connect_attempts_leave_no_http_session_open() -> None:
+    # Nothing listens there: every full attempt fails inside aioari's init.
+    from bridge.lab.ports import free_port
+
+    before = _open_sessions()
+    config = AriConfig(url=f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                       password="x", reconnect_min_s=0.05, reconnect_max_s=0.05)
+    gateway = AriGateway(config, lambda event: None)
+    await gateway.start()
+    while gateway.connect_attempts < 4:  # noqa: ASYNC110 - attempts run in the gateway's task
+        await asyncio.sleep(0.02)
+    await gateway.stop()
+    assert _open_sessions() == before
