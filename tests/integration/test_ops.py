@@ -27,8 +27,6 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import BridgeService
@@ -36,6 +34,7 @@ from bridge.lab import LabInfo
 from bridge.lab.sipp import free_port
 from tests.integration.conftest import _hang_up_leftovers, bridge_config
 from tests.integration.harness import WebhookApp, new_number
+from tests.keys import new_keypair
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------ helpers
-def _keypair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 def _token(private: str) -> str:
     now = int(time.time())
     return jwt.encode({"application_id": APP_ID, "iat": now, "exp": now + 900,
@@ -210,7 +200,7 @@ async def events() -> AsyncIterator[EventServer]:
 async def serve(lab: LabInfo, webhooks: WebhookApp, events: EventServer, tmp_path: Path
                 ) -> AsyncIterator[tuple[ServeProcess, str]]:
     """A started ``ari-bridge serve`` and the private key of its application."""
-    private, public = _keypair()
+    private, public = new_keypair()
     process = ServeProcess(tmp_path, lab, webhooks, events, public)
     process.start()
     try:

@@ -20,8 +20,6 @@ from typing import Any
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
@@ -44,6 +42,7 @@ from bridge.lab.sipp import Agent, RtpReceiver, SippResult, place_call
 from bridge.webhooks import encode_body, payload_hash
 from tests.integration.conftest import bridge_config
 from tests.integration.harness import Recorded, Reply, WebhookApp, new_number
+from tests.keys import new_keypair
 
 pytestmark = pytest.mark.integration
 
@@ -53,18 +52,9 @@ SIGNED_APP = "signed-app"
 SECRET = "a-webhook-signature-secret-of-32-chars!"
 
 
-def _keypair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 @pytest.fixture(scope="module")
 def keys() -> dict[str, tuple[str, str]]:
-    return {API_APP: _keypair(), OTHER_APP: _keypair(), "stranger": _keypair()}
+    return {API_APP: new_keypair(), OTHER_APP: new_keypair(), "stranger": new_keypair()}
 
 
 async def _start_bridge(lab: LabInfo, webhooks: WebhookApp, tmp: Path,

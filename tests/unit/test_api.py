@@ -19,8 +19,6 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,19 +31,10 @@ from bridge.calls.store import CallRecord
 from bridge.config import ConfigError, load_config
 from bridge.media import MediaError
 from bridge.ncco.models import parse_ncco
+from tests.keys import new_keypair
 
-
-def _keypair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
-PRIVATE, PUBLIC = _keypair()
-OTHER_PRIVATE, OTHER_PUBLIC = _keypair()
+PRIVATE, PUBLIC = new_keypair()
+OTHER_PRIVATE, OTHER_PUBLIC = new_keypair()
 
 
 def token(app_id: str = "app-a", key: str = PRIVATE, **claims: Any) -> str:
