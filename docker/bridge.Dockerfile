@@ -1,19 +1,26 @@
 # ari-bridge itself. Build from the repository root:
-#   docker build -f docker/bridge.Dockerfile -t ari-bridge .
-FROM python:3.11-slim
+#   docker build --network host -f docker/bridge.Dockerfile -t ari-bridge .
+# Without access to an image registry, build on a local base image (see docs/lab.md):
+#   docker build --network host --build-arg BASE_IMAGE=ari-bridge-base:testing ...
+ARG BASE_IMAGE=debian:testing-slim
+FROM ${BASE_IMAGE}
 
-# Media tools used by the bridge: text to speech (espeak-ng), audio conversion to 8 kHz WAV
-# for Asterisk (sox, ffmpeg), and sox's MP3 support (libsox-fmt-mp3) for mp3 recordings.
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      espeak-ng sox libsox-fmt-mp3 ffmpeg \
- && rm -rf /var/lib/apt/lists/*
+# Python, and the media tools used by the bridge: text to speech (espeak-ng), audio
+# conversion to 8 kHz WAV for Asterisk (sox, ffmpeg), and sox's MP3 support (libsox-fmt-mp3)
+# for mp3 recordings.
+COPY docker/apt-install.sh /usr/local/sbin/apt-install
+RUN sh /usr/local/sbin/apt-install \
+      python3 python3-venv ca-certificates espeak-ng sox libsox-fmt-mp3 ffmpeg
 
+# The bridge in its own virtual environment (Debian's Python is externally managed).
 WORKDIR /src
 # The build context is the repository root; .dockerignore keeps the
 # virtualenv, tests and git history out.
 COPY . /src
-RUN pip install --no-cache-dir /src && rm -rf /src
+RUN python3 -m venv /opt/ari-bridge \
+ && /opt/ari-bridge/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+ && rm -rf /src
+ENV PATH=/opt/ari-bridge/bin:$PATH
 COPY docker/bridge-healthcheck.py /usr/local/bin/ari-bridge-healthcheck
 
 # The state directory holds the call store, the agent store and generated media; recordings
@@ -28,7 +35,8 @@ WORKDIR /var/lib/ari-bridge
 VOLUME ["/var/lib/ari-bridge", "/var/lib/ari-bridge/recordings"]
 
 # Healthy while GET /readyz answers 200: ARI connected, the stores writable, not draining.
-# The check reads http.host/http.port from the configuration (and ARI_BRIDGE_HTTP__*).
+# The check reads http.host/http.port from the configuration (and ARI_BRIDGE_HTTP__*); python3
+# is the virtual environment's (PATH), which has PyYAML.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python3", "/usr/local/bin/ari-bridge-healthcheck"]
 
