@@ -3,7 +3,7 @@
 # Without access to an image registry, build on a local base image (see docs/lab.md):
 #   docker build --network host --build-arg BASE_IMAGE=ari-bridge-base:testing ...
 ARG BASE_IMAGE=debian:testing-slim
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS base
 
 # Python, and the media tools used by the bridge: text to speech (espeak-ng), audio
 # conversion to 8 kHz WAV for Asterisk (sox, ffmpeg), and sox's MP3 support (libsox-fmt-mp3)
@@ -12,14 +12,22 @@ COPY docker/apt-install.sh /usr/local/sbin/apt-install
 RUN sh /usr/local/sbin/apt-install \
       python3 python3-venv ca-certificates espeak-ng sox libsox-fmt-mp3 ffmpeg
 
-# The bridge in its own virtual environment (Debian's Python is externally managed).
-WORKDIR /src
+# The bridge in its own virtual environment (Debian's Python is externally managed), built in
+# a stage of its own: the source and docker/build-extra/ (a pip.conf or a CA bundle for pip,
+# when this network needs them) never reach the final image.
+FROM base AS build
 # The build context is the repository root; .dockerignore keeps the
 # virtualenv, tests and git history out.
 COPY . /src
-RUN python3 -m venv /opt/ari-bridge \
- && /opt/ari-bridge/bin/pip install --no-cache-dir --disable-pip-version-check /src \
- && rm -rf /src
+RUN if [ -f /src/docker/build-extra/pip.conf ]; then \
+        export PIP_CONFIG_FILE=/src/docker/build-extra/pip.conf; fi \
+ && if [ -f /src/docker/build-extra/ca.crt ]; then \
+        export PIP_CERT=/src/docker/build-extra/ca.crt; fi \
+ && python3 -m venv /opt/ari-bridge \
+ && /opt/ari-bridge/bin/pip install --no-cache-dir --disable-pip-version-check /src
+
+FROM base
+COPY --from=build /opt/ari-bridge /opt/ari-bridge
 ENV PATH=/opt/ari-bridge/bin:$PATH
 COPY docker/bridge-healthcheck.py /usr/local/bin/ari-bridge-healthcheck
 

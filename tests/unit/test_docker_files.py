@@ -34,7 +34,7 @@ def _copies(dockerfile: Path) -> list[str]:
     sources = []
     for line in dockerfile.read_text().splitlines():
         m = re.match(r"^\s*(COPY|ADD)\s+(.*)$", line)
-        if m:
+        if m and "--from=" not in m.group(2):  # a build stage's file, not the context's
             args = [a for a in m.group(2).split() if not a.startswith("--")]
             sources.extend(args[:-1])
     return sources
@@ -136,10 +136,14 @@ def _apt_installed(dockerfile: Path) -> list[str]:
 @pytest.mark.parametrize("name", ["asterisk.Dockerfile", "bridge.Dockerfile"])
 def test_both_images_build_on_a_chosen_base(name: str) -> None:
     lines = (DOCKER / name).read_text().splitlines()
-    froms = [line for line in lines if line.startswith("FROM ")]
-    assert froms == ["FROM ${BASE_IMAGE}"]
-    # The ARG comes before FROM, so --build-arg BASE_IMAGE=... reaches it.
-    assert lines.index("ARG BASE_IMAGE=debian:testing-slim") < lines.index(froms[0])
+    froms = [line.split()[1:] for line in lines if line.startswith("FROM ")]
+    assert froms[0][0] == "${BASE_IMAGE}"
+    # Later stages start from earlier ones only, never from another registry image.
+    stages = {words[2] for words in froms if len(words) == 3 and words[1] == "AS"}
+    assert all(words[0] in stages for words in froms[1:]), froms
+    # The ARG comes before the first FROM, so --build-arg BASE_IMAGE=... reaches it.
+    first_from = next(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    assert lines.index("ARG BASE_IMAGE=debian:testing-slim") < first_from
 
 
 def test_apt_install_skips_what_the_base_has(tmp_path: Path) -> None:
