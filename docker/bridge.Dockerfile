@@ -16,6 +16,9 @@ RUN sh /usr/local/sbin/apt-install \
 # a stage of its own: the source and docker/build-extra/ (a pip.conf or a CA bundle for pip,
 # when this network needs them) never reach the final image.
 FROM base AS build
+# A compiler for the packages without a wheel for this Python (pocketsphinx, on a Python newer
+# than its wheels); only this stage has it.
+RUN sh /usr/local/sbin/apt-install gcc libc6-dev make python3-dev
 # The build context is the repository root; .dockerignore keeps the
 # virtualenv, tests and git history out.
 COPY . /src
