@@ -166,6 +166,7 @@ class PrivateDockerd:
         self._children = []
         self.proc = None
         if self.run_dir is not None:
+            _unmount_below(self.run_dir)
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
         if self._lock is not None:
@@ -178,6 +179,19 @@ class PrivateDockerd:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _unmount_below(run_dir: Path) -> None:
+    """Unmount what dockerd left mounted in our run directory (its network namespace file)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    prefix = f"{run_dir}/"
+    targets = [fields[1] for line in mounts if len(fields := line.split()) > 1
+               and fields[1].startswith(prefix)]
+    for target in sorted(targets, key=len, reverse=True):  # deepest first
+        subprocess.run(["umount", target], check=False, capture_output=True)
 
 
 def _children_of(pid: int) -> list[int]:

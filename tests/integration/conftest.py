@@ -8,6 +8,7 @@ dialled (``to``), so tests are independent without restarting anything.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import socket
@@ -80,7 +81,16 @@ def docker_engine() -> Iterator[str]:
         else:
             os.environ["DOCKER_HOST"] = previous
         if private is not None:
+            _prune_dangling_images()  # old builds, so the kept data root does not grow
             private.stop()
+
+
+def _prune_dangling_images() -> None:
+    try:
+        importlib.import_module("docker").from_env(timeout=60).images.prune(
+            filters={"dangling": True})
+    except Exception as exc:  # only housekeeping
+        print(f"docker: pruning dangling images failed: {exc}")
 
 
 # ------------------------------------------------------------------ webhook application

@@ -140,7 +140,11 @@ def lab(docker_lab: DockerLab) -> LabInfo:
 def test_lab_up_builds_the_image_and_runs_asterisk_in_a_container(docker_lab: DockerLab
                                                                    ) -> None:
     out = docker_lab.up_output
-    # The build was reported step by step, on a named base.
+    # The base was pulled, or made from the lab's tree and said so; the build was reported
+    # step by step, on that base.
+    if "on debian:testing-slim ..." not in out:
+        assert "no image registry answered" in out, out
+        assert "local base image ari-bridge-base:testing" in out, out
     assert "building image ari-bridge-asterisk:lab from docker/asterisk.Dockerfile on " in out
     assert "Step 1/" in out and "image ari-bridge-asterisk:lab built in" in out
     info = docker_lab.info
