@@ -43,7 +43,7 @@ RUN useradd --system --home-dir /var/lib/ari-bridge --create-home ari-bridge \
  && chmod 0755 /usr/local/bin/ari-bridge-healthcheck
 USER ari-bridge
 WORKDIR /var/lib/ari-bridge
-VOLUME ["/var/lib/ari-bridge", "/var/lib/ari-bridge/recordings"]
+VOLUME ["/var/lib/ari-bridge", "/var/lib/ari-bridge/recordings", "/var/lib/ari-bridge/media"]
 
 # Healthy while GET /readyz answers 200: ARI connected, the stores writable, not draining.
 # The check reads http.host/http.port from the configuration (and ARI_BRIDGE_HTTP__*); python3

@@ -69,9 +69,22 @@ async def serve(host: str, port: int, printer: Callable[[str], None] = print) ->
     return runner
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use
-    async def _main() -> None:
-        await serve("127.0.0.1", 8000)
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bridge.examples.welcome [--host H] [--port P]``: serve until stopped."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the bundled example application")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        await serve(args.host, args.port, lambda line: print(line, flush=True))
+        print(f"example application on http://{args.host}:{args.port}/answer", flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(_main())
+    asyncio.run(run())
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use and the compose "example" service
+    main()

@@ -181,10 +181,11 @@ def test_compose_keeps_store_and_recordings_in_named_volumes() -> None:
         source, target, *_ = volume.split(":")
         if source in named:
             mounts[target] = source
-    assert set(mounts.values()) == named == {"bridge-state", "bridge-recordings"}
+    assert set(mounts.values()) == named - {"redis-data"} == {
+        "bridge-state", "bridge-recordings", "bridge-media"}
     env = bridge["environment"]
     for key, volume in (("ARI_BRIDGE_STORE__PATH", "bridge-state"),
-                        ("ARI_BRIDGE_MEDIA__PATH", "bridge-state"),
+                        ("ARI_BRIDGE_MEDIA__PATH", "bridge-media"),
                         ("ARI_BRIDGE_RECORDINGS__PATH", "bridge-recordings")):
         path = Path(env[key])
         # The deepest mount holding the path is the one it lands in.
@@ -214,7 +215,8 @@ def test_compose_leaves_the_drain_its_time() -> None:
 
 def test_bridge_waits_for_a_healthy_asterisk() -> None:
     depends = _compose()["services"]["bridge"]["depends_on"]
-    assert depends == {"asterisk": {"condition": "service_healthy"}}
+    assert depends == {name: {"condition": "service_healthy"}
+                       for name in ("asterisk", "redis", "example")}
 
 
 def test_bridge_healthcheck_runs_the_copied_script() -> None:
