@@ -19,15 +19,23 @@ FROM base AS build
 # A compiler for the packages without a wheel for this Python (pocketsphinx, on a Python newer
 # than its wheels); only this stage has it.
 RUN sh /usr/local/sbin/apt-install gcc libc6-dev make python3-dev
-# The build context is the repository root; .dockerignore keeps the
+# pip reads docker/build-extra/pip.conf and trusts docker/build-extra/ca.crt when present.
+COPY docker/build-extra/ /build-extra/
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The dependencies first, from pyproject.toml alone (with a placeholder package), so this
+# layer (pocketsphinx's compile included) is rebuilt only when they change.
+COPY pyproject.toml /src/
+RUN if [ -f /build-extra/pip.conf ]; then export PIP_CONFIG_FILE=/build-extra/pip.conf; fi \
+ && if [ -f /build-extra/ca.crt ]; then export PIP_CERT=/build-extra/ca.crt; fi \
+ && mkdir -p /src/bridge && touch /src/bridge/__init__.py /src/README.md \
+ && python3 -m venv /opt/ari-bridge \
+ && /opt/ari-bridge/bin/pip install /src
+# Then the bridge itself. The build context is the repository root; .dockerignore keeps the
 # virtualenv, tests and git history out.
 COPY . /src
-RUN if [ -f /src/docker/build-extra/pip.conf ]; then \
-        export PIP_CONFIG_FILE=/src/docker/build-extra/pip.conf; fi \
- && if [ -f /src/docker/build-extra/ca.crt ]; then \
-        export PIP_CERT=/src/docker/build-extra/ca.crt; fi \
- && python3 -m venv /opt/ari-bridge \
- && /opt/ari-bridge/bin/pip install --no-cache-dir --disable-pip-version-check /src
+RUN if [ -f /build-extra/pip.conf ]; then export PIP_CONFIG_FILE=/build-extra/pip.conf; fi \
+ && if [ -f /build-extra/ca.crt ]; then export PIP_CERT=/build-extra/ca.crt; fi \
+ && /opt/ari-bridge/bin/pip install --no-deps --force-reinstall /src
 
 FROM base
 COPY --from=build /opt/ari-bridge /opt/ari-bridge
