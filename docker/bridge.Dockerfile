@@ -29,7 +29,8 @@ RUN if [ -f /build-extra/pip.conf ]; then export PIP_CONFIG_FILE=/build-extra/pi
  && if [ -f /build-extra/ca.crt ]; then export PIP_CERT=/build-extra/ca.crt; fi \
  && mkdir -p /src/bridge && touch /src/bridge/__init__.py /src/README.md \
  && python3 -m venv /opt/ari-bridge \
- && /opt/ari-bridge/bin/pip install /src
+ && /opt/ari-bridge/bin/pip install /src \
+ && rm -rf /src
 # Then the bridge itself. The build context is the repository root; .dockerignore keeps the
 # virtualenv, tests and git history out.
 COPY . /src

@@ -56,7 +56,11 @@ def create_app(printer: Callable[[str], None] = print) -> web.Application:
         printer(f"event   {label:<10} {json.dumps(body, sort_keys=True)}")
         return web.Response(status=204)
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     app.router.add_get("/answer", answer)
+    app.router.add_get("/healthz", healthz)  # for a container health check
     app.router.add_post("/notify", notify)
     app.router.add_post("/event", event)
     return app
