@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -83,9 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     async def run() -> None:
-        await serve(args.host, args.port, lambda line: print(line, flush=True))
+        runner = await serve(args.host, args.port, lambda line: print(line, flush=True))
         print(f"example application on http://{args.host}:{args.port}/answer", flush=True)
-        await asyncio.Event().wait()
+        # As a container's PID 1, SIGTERM does nothing unless handled.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
 
     asyncio.run(run())
 
