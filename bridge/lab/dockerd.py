@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import signal
@@ -100,7 +101,13 @@ class PrivateDockerd:
         self.data_root.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
-            self.run_dir = Path(tempfile.mkdtemp(prefix="ari-bridge-dockerd-", dir="/tmp"))
+            # Holding the lock, any engine on this data root is one a killed session left.
+            for pid, run_dir in _orphans(self.data_root):
+                _stop_leftover(pid, run_dir)
+                _unmount_below(run_dir)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            self.run_dir = Path(tempfile.mkdtemp(prefix=Path(RUN_DIR_PREFIX).name,
+                                                 dir=str(Path(RUN_DIR_PREFIX).parent)))
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(
                     [binary,
@@ -179,6 +186,31 @@ class PrivateDockerd:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+RUN_DIR_PREFIX = "/tmp/ari-bridge-dockerd-"
+
+
+def _orphans(data_root: Path) -> list[tuple[int, Path]]:
+    """(PID, run directory) of each dockerd this module started on ``data_root`` that still
+    runs: its command line names the data root and one of our run directories."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = [a.decode(errors="replace")
+                    for a in (proc / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if not argv or Path(argv[0]).name != "dockerd":
+            continue
+        opts = dict(itertools.pairwise(argv[1:]))
+        exec_root = opts.get("--exec-root", "")
+        if (opts.get("--data-root") == str(data_root)
+                and exec_root.startswith(RUN_DIR_PREFIX)):
+            found.append((int(proc.name), Path(exec_root).parent))
+    return found
 
 
 def _unmount_below(run_dir: Path) -> None:
