@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -199,7 +200,7 @@ def _lab(args: argparse.Namespace) -> int:
     opts = _lab_opts(args)
     try:
         if args.action == "up":
-            info = lab_up(opts)
+            info = lab_up(opts, progress=functools.partial(print, flush=True))
             _print_lab(info)
         elif args.action == "down":
             stopped = lab_down(opts)
@@ -217,7 +218,8 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def _print_lab(info: Any) -> None:
-    print(f"lab is up: Asterisk {info.asterisk_version} (engine {info.engine}, pid {info.pid})")
+    where = (f"container {info.container_id[:12]}" if info.container_id else f"pid {info.pid}")
+    print(f"lab is up: Asterisk {info.asterisk_version} (engine {info.engine}, {where})")
     print(f"  ARI:         {info.ari_url}  app {info.app_name}")
     print(f"  credentials: {info.credentials_file}")
     print(f"  SIP (UDP):   {info.sip_host}:{info.sip_port}")

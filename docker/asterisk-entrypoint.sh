@@ -5,7 +5,9 @@
 #    (baked into the image; compose mounts ../asterisk-config there so edits
 #    apply on restart) into /etc/asterisk.
 # 2. Sets the ARI password from ARI_PASSWORD (and the Stasis application name
-#    from ARI_APP, the ARI bind address from ARI_BIND_ADDRESS) when given.
+#    from ARI_APP, the ARI bind address and port from ARI_BIND_ADDRESS and ARI_PORT,
+#    the SIP UDP transport's address:port from SIP_BIND, the RTP port range from
+#    RTP_START and RTP_END) when given.
 # 3. Runs the command (Asterisk in the foreground).
 set -eu
 
@@ -41,6 +43,18 @@ if [ -n "${ARI_APP:-}" ]; then
 fi
 if [ -n "${ARI_BIND_ADDRESS:-}" ]; then
     set_key "$etc/http.conf" general bindaddr "$ARI_BIND_ADDRESS"
+fi
+if [ -n "${ARI_PORT:-}" ]; then
+    set_key "$etc/http.conf" general bindport "$ARI_PORT"
+fi
+if [ -n "${SIP_BIND:-}" ]; then
+    set_key "$etc/pjsip.conf" transport-udp bind "$SIP_BIND"
+fi
+if [ -n "${RTP_START:-}" ]; then
+    set_key "$etc/rtp.conf" general rtpstart "$RTP_START"
+fi
+if [ -n "${RTP_END:-}" ]; then
+    set_key "$etc/rtp.conf" general rtpend "$RTP_END"
 fi
 
 chown -R asterisk:asterisk "$etc"

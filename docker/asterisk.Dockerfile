@@ -1,14 +1,19 @@
 # Asterisk 22 for ari-bridge, configured with the repository's asterisk-config/.
 # Build from the repository root:
-#   docker build -f docker/asterisk.Dockerfile -t ari-bridge-asterisk .
+#   docker build --network host -f docker/asterisk.Dockerfile -t ari-bridge-asterisk .
+# Without access to an image registry, build on a local base image (see docs/lab.md):
+#   docker build --network host --build-arg BASE_IMAGE=ari-bridge-base:testing ...
 # Keep the package list in step with bridge/lab/rootfs.py (PACKAGES).
-FROM debian:testing-slim
+ARG BASE_IMAGE=debian:testing-slim
+FROM ${BASE_IMAGE}
 
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+# Packages already in the base (the lab's debootstrap tree carries them) are not fetched
+# again, so a build on that base needs no network. Debian testing's Release file can be
+# served past its Valid-Until date, which apt refuses by default.
+COPY docker/apt-install.sh /usr/local/sbin/apt-install
+RUN sh /usr/local/sbin/apt-install \
       asterisk asterisk-modules asterisk-core-sounds-en-wav \
-      asterisk-moh-opsound-wav asterisk-mp3 \
- && rm -rf /var/lib/apt/lists/*
+      asterisk-moh-opsound-wav asterisk-mp3
 
 # Only our configuration: drop the stock sample files.
 RUN rm -rf /etc/asterisk && mkdir -p /etc/asterisk /usr/local/share/ari-bridge
@@ -36,5 +41,7 @@ HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
   CMD asterisk -rx 'core waitfullybooted' | grep -q 'fully booted' \
    && asterisk -rx 'ari show status' | grep -q 'Enabled: Yes'
 
+# The entrypoint runs as root to install the configuration; Asterisk itself drops to the
+# asterisk user (-U/-G).
 ENTRYPOINT ["/usr/local/bin/asterisk-entrypoint"]
 CMD ["/usr/sbin/asterisk", "-f", "-U", "asterisk", "-G", "asterisk"]

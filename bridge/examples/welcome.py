@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,11 @@ def create_app(printer: Callable[[str], None] = print) -> web.Application:
         printer(f"event   {label:<10} {json.dumps(body, sort_keys=True)}")
         return web.Response(status=204)
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     app.router.add_get("/answer", answer)
+    app.router.add_get("/healthz", healthz)  # for a container health check
     app.router.add_post("/notify", notify)
     app.router.add_post("/event", event)
     return app
@@ -69,9 +74,27 @@ async def serve(host: str, port: int, printer: Callable[[str], None] = print) ->
     return runner
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use
-    async def _main() -> None:
-        await serve("127.0.0.1", 8000)
-        await asyncio.Event().wait()
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bridge.examples.welcome [--host H] [--port P]``: serve until stopped."""
+    import argparse
 
-    asyncio.run(_main())
+    parser = argparse.ArgumentParser(description="the bundled example application")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        runner = await serve(args.host, args.port, lambda line: print(line, flush=True))
+        print(f"example application on http://{args.host}:{args.port}/answer", flush=True)
+        # As a container's PID 1, SIGTERM does nothing unless handled.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use and the compose "example" service
+    main()

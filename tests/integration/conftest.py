@@ -8,6 +8,7 @@ dialled (``to``), so tests are independent without restarting anything.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from aiohttp import web
 from bridge.app import BridgeService
 from bridge.config import load_config
 from bridge.lab import LabInfo, LabOptions, lab_down, lab_up
+from bridge.lab.dockerd import PrivateDockerd, reachable_engine
 from bridge.lab.sipp import RtpReceiver, SippResult, Step, free_port, place_call
 from tests.integration.harness import (
     LEGACY_NUMBER,
@@ -56,6 +58,41 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
     info = lab_up(opts)
     yield info
     lab_down(opts)
+
+
+# --------------------------------------------------------------------- a Docker engine
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[str]:
+    """The URL of a Docker engine for the session, also set as $DOCKER_HOST: the one already
+    running, else a private dockerd of ours (its data root persists, so images built once are
+    reused), stopped by PID at the end."""
+    if os.geteuid() != 0:
+        pytest.fail("the docker tests need root (they may start dockerd)")
+    previous = os.environ.get("DOCKER_HOST")
+    url = reachable_engine()
+    private = None if url is not None else PrivateDockerd().start()
+    url = url or private.url  # type: ignore[union-attr]
+    os.environ["DOCKER_HOST"] = url
+    try:
+        yield url
+    finally:
+        if previous is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = previous
+        if private is not None:
+            _prune_old_dangling_images(url)  # so the kept data root does not grow
+            private.stop()
+
+
+def _prune_old_dangling_images(url: str) -> None:
+    """Remove untagged images older than three days: builds replaced since. Recent ones stay,
+    since they include the bridge image's build stage, the cache of its slowest step."""
+    try:
+        importlib.import_module("docker").DockerClient(base_url=url, timeout=120).images.prune(
+            filters={"dangling": True, "until": "72h"})
+    except Exception as exc:  # only housekeeping
+        print(f"docker: pruning old untagged images failed: {exc}")
 
 
 # ------------------------------------------------------------------ webhook application
