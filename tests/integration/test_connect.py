@@ -20,11 +20,11 @@ from tests.integration.harness import new_number
 from tests.integration.test_rest_api import (
     API_APP,
     OTHER_APP,
-    _keypair,
     _start_bridge,
     in_thread,
     sdk,
 )
+from tests.keys import new_keypair
 
 pytestmark = pytest.mark.integration
 
@@ -352,7 +352,7 @@ async def test_connect_timeout_ends_the_leg_and_the_ncco_moves_on(agents_bridge,
 
 @pytest.fixture(scope="module")
 def api_keys() -> dict[str, tuple[str, str]]:
-    return {API_APP: _keypair(), OTHER_APP: _keypair()}
+    return {API_APP: new_keypair(), OTHER_APP: new_keypair()}
 
 
 @pytest.fixture

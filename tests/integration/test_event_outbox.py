@@ -40,11 +40,11 @@ from tests.integration.harness import WebhookApp, new_number
 from tests.integration.test_rest_api import (
     API_APP,
     OTHER_APP,
-    _keypair,
     _start_bridge,
     in_thread,
     sdk,
 )
+from tests.keys import new_keypair
 
 pytestmark = pytest.mark.integration
 
@@ -292,7 +292,7 @@ async def test_events_survive_an_outage_and_a_sigkill_of_the_bridge(
 # ------------------------------------------------ bug 8: a REST call's own event_url
 async def test_a_rest_calls_own_event_url_is_kept_across_a_restart(
         lab: LabInfo, webhooks: WebhookApp, tmp_path: Path) -> None:
-    keys = {API_APP: _keypair(), OTHER_APP: _keypair()}
+    keys = {API_APP: new_keypair(), OTHER_APP: new_keypair()}
     async with Agent(200) as agent:
         first = await _start_bridge(lab, webhooks, tmp_path, keys, API_APP,
                                     routes={"44": agent.port})
