@@ -183,7 +183,7 @@ class CallStore:
         bridge completes) or its ``completed`` event, never neither, never both."""
         values = (
             event.call_uuid, event.application_id, event.url, event.method,
-            json.dumps(event.payload, separators=(",", ":")), event.fallback_url,
+            json.dumps(event.payload, separators=(",", ":"), default=str), event.fallback_url,
             int(event.signed), event.created_at, event.next_attempt_at,
         )
         insert = ("INSERT INTO event_outbox (call_uuid, application_id, url, method, payload,"
@@ -194,10 +194,6 @@ class CallStore:
             event_id = int(self._db.execute(insert, values).lastrowid or 0)
             self._db.execute("DELETE FROM live_calls WHERE uuid=?", (end_call,))
         return event_id
-
-    def end_call(self, uuid: str, completed: NewOutboxEvent) -> int:
-        """Delete a live call and write its ``completed`` event, atomically."""
-        return self.outbox_add(completed, end_call=uuid)
 
     def outbox_head(self, call_uuid: str) -> OutboxEvent | None:
         row = self._db.execute(

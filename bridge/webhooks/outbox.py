@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import random
 import time
 import weakref
@@ -257,9 +256,9 @@ class EventOutbox:
             m = method.upper()
             if m not in ("GET", "POST"):
                 raise ValueError(f"unsupported method {method!r}")
-            # A JSON round trip: the stored text is what will be sent, now and after a
-            # restart, whatever the caller does with its dict later.
-            body = json.loads(json.dumps(dict(payload), default=str))
+            # Serialised once, by the storage, before this returns: what is sent, now and
+            # after a restart, is that text, whatever the caller does with its dict later.
+            body = dict(payload)
             now = self._clock()
             event = NewOutboxEvent(
                 call_uuid=call_uuid, application_id=app.id, url=url,
