@@ -21,7 +21,7 @@ from bridge.webhooks.client import (
     require_json_content_type,
 )
 from bridge.webhooks.outbox import EventOutbox
-from bridge.webhooks.signing import Signer, encode_hs256, payload_hash
+from bridge.webhooks.signing import Signer, payload_hash
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -40,7 +40,6 @@ __all__ = [
     "WebhookRequest",
     "WebhookResponse",
     "encode_body",
-    "encode_hs256",
     "encode_query",
     "is_json_media_type",
     "payload_hash",

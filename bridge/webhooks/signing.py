@@ -1,7 +1,8 @@
-"""Signed webhooks: a minimal HS256 JWT encoder.
+"""Signed webhooks: HS256 JWTs in ``Authorization: Bearer <JWT>``.
 
 Every request to a customer's application carries ``Authorization: Bearer <JWT>`` when
-the application has a signature secret.  The token is an HS256 JWT with the claims
+the application has a signature secret.  The token is an HS256 JWT (header
+``{"alg": "HS256", "typ": "JWT"}``) with the claims
 
 * ``iat``: issue time, integer seconds since the Unix epoch,
 * ``jti``: a random UUID4 (fresh for every HTTP attempt, retries included),
@@ -15,34 +16,20 @@ The receiving application verifies the signature with the shared secret and comp
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Signer", "encode_hs256", "payload_hash"]
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 
-_HEADER = {"alg": "HS256", "typ": "JWT"}
+__all__ = ["Signer", "payload_hash"]
 
-
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _json_segment(obj: Any) -> str:
-    return _b64url(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8"))
-
-
-def encode_hs256(claims: dict[str, Any], secret: str | bytes) -> str:
-    """Encode ``claims`` as a compact HS256-signed JWT."""
-    key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    signing_input = f"{_json_segment(_HEADER)}.{_json_segment(claims)}"
-    signature = hmac.new(key, signing_input.encode("ascii"), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64url(signature)}"
+# RFC 7518 section 3.2: an HS256 key should have at least 256 bits.  PyJWT warns below that.
+_MIN_HS256_KEY_BYTES = 32
 
 
 def payload_hash(body: bytes) -> str:
@@ -78,4 +65,12 @@ class Signer:
 
     def token(self, body: bytes) -> str:
         """A fresh HS256 JWT for a request carrying exactly ``body`` (``b""`` for GET)."""
-        return encode_hs256(self.claims(body), self.secret)
+        claims = self.claims(body)
+        if len(self.secret.encode("utf-8")) >= _MIN_HS256_KEY_BYTES:
+            return jwt.encode(claims, self.secret, algorithm="HS256")
+        # The secret is the one the application's owner configured and shares with their
+        # receiver: a shorter one is their choice, and PyJWT's warning on every token would
+        # only repeat it on stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+            return jwt.encode(claims, self.secret, algorithm="HS256")

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import socket
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -481,6 +482,17 @@ async def test_signed_post_and_get(server: Server, client: WebhookClient) -> Non
     assert SECRET not in repr(signer)
     with pytest.raises(AssertionError):
         verify_jwt(post.headers["Authorization"][7:], "wrong-secret")
+
+
+def test_a_short_secret_still_signs_without_a_warning_per_token() -> None:
+    signer = Signer(secret="short", application_id="app-1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        token = signer.token(b"{}")
+    claims = verify_jwt(token, "short")  # also checks the header is exactly HS256/JWT
+    assert claims["payload_hash"] == hashlib.sha256(b"{}").hexdigest()
+    with pytest.raises(ValueError, match="empty"):
+        Signer(secret="", application_id="app-1")
 
 
 async def test_each_retry_gets_a_fresh_token(server: Server, client: WebhookClient) -> None:
