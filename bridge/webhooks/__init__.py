@@ -1,17 +1,15 @@
 """Outbound HTTP to customers' applications: answer/event webhooks, fallbacks, signing."""
 
-from bridge.webhooks.client import (
-    DEFAULT_MAX_BODY_BYTES,
-    FAILURE_REASONS,
+from bridge.webhooks.client import DEFAULT_MAX_BODY_BYTES, WebhookClient
+from bridge.webhooks.failures import FAILURE_REASONS, RETRY_STATUSES
+from bridge.webhooks.messages import (
     JSON_NESTING_ERROR,
     KINDS,
-    RETRY_STATUSES,
     FallbackResult,
     Kind,
     Method,
     ParseError,
     Timeouts,
-    WebhookClient,
     WebhookRequest,
     WebhookResponse,
     encode_body,

@@ -42,10 +42,10 @@ import structlog
 
 from bridge import metrics
 from bridge.config import ApplicationConfig
-from bridge.webhooks.client import (
+from bridge.webhooks.client import WebhookClient
+from bridge.webhooks.messages import (
     Method,
     Timeouts,
-    WebhookClient,
     WebhookRequest,
     WebhookResponse,
     redact_url,

@@ -6,17 +6,20 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import importlib
 import json
 import socket
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import pytest
 import structlog
 from aiohttp import web
 
+import bridge
 from bridge.webhooks import (
     ParseError,
     Signer,
@@ -180,9 +183,25 @@ async def test_get_answer_sends_query_params(server: Server, client: WebhookClie
     [seen] = server.seen
     assert seen.method == "GET" and seen.body == b""
     assert seen.query == {"app": "1", "to": "447700900000", "from": "447700900001", "uuid": "u-1"}
-    assert seen.headers["User-Agent"].startswith("ari-bridge/")
+    assert seen.headers["User-Agent"] == f"ari-bridge/{bridge.__version__}"
     assert "Content-Type" not in seen.headers
     assert "Authorization" not in seen.headers
+
+
+def test_the_version_is_the_distribution_s_or_a_placeholder(monkeypatch) -> None:
+    assert bridge.__version__ == metadata.version("ari-bridge")
+
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    try:
+        importlib.reload(bridge)
+        assert bridge.__version__ == "0+unknown"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(bridge)
+    assert bridge.__version__ == metadata.version("ari-bridge")
 
 
 async def test_post_sends_json_body(server: Server, client: WebhookClient) -> None:
