@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from bridge.ncco.models import PhoneEndpoint, SipEndpoint, WebsocketEndpoint
 
@@ -212,3 +213,127 @@ class ListCallsQuery(_Body):
         if value is not None and value.tzinfo is None:
             raise ValueError("must carry a time zone, e.g. 2024-01-31T12:00:00Z")
         return value
+
+
+# ------------------------------------------------------------------------------ responses
+# What the routes answer, written down for /openapi.json (bridge.api.openapi builds the
+# description from these models). The routes build their bodies as plain dicts; the REST
+# tests validate real responses against the description, which keeps the two in step.
+# A key that is left out rather than sent as null is typed ``X | Absent = _left_out()``: its
+# schema is X's alone, with no null and no default.
+
+Absent = SkipJsonSchema[None]
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _left_out() -> Any:
+    return Field(None, json_schema_extra=_drop_default)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+
+class InvalidParameter(_Response):
+    name: str
+    reason: str
+
+
+class Error(_Response):
+    """An error in Vonage's format; invalid_parameters names each rejected field."""
+
+    type: str
+    title: str
+    error_title: str
+    detail: str
+    instance: str
+    invalid_parameters: list[InvalidParameter] | Absent = _left_out()
+
+
+class Link(_Response):
+    href: str
+
+
+class PhoneParty(_Response):
+    """One end of a call on the phone network, as the call resource shows it."""
+
+    type: Literal["phone"]
+    number: str
+
+
+class SipParty(_Response):
+    """One end of a call that is a SIP URI."""
+
+    type: Literal["sip"]
+    uri: str
+
+
+class WebsocketParty(_Response):
+    """One end of a call that is a WebSocket."""
+
+    type: Literal["websocket"]
+    uri: str
+
+
+Party = Annotated[PhoneParty | SipParty | WebsocketParty, Field(discriminator="type")]
+
+
+class CallLinks(_Response):
+    self_: Link = Field(alias="self")
+
+
+class Call(_Response):
+    """One call, live or recently ended."""
+
+    uuid: str
+    conversation_uuid: str
+    to: Party
+    from_: Party = Field(alias="from")
+    status: CallStatus
+    direction: Literal["inbound", "outbound"]
+    rate: str | None = None  # nothing is billed here: always null
+    price: str | None = None
+    duration: str | None = None  # whole seconds of conversation, once the call ended
+    start_time: str | None = None
+    end_time: str | None = None
+    network: str | None = None
+    links: CallLinks = Field(alias="_links")
+
+
+class CallListLinks(_Response):
+    self_: Link = Field(alias="self")
+    first: Link | Absent = _left_out()
+    last: Link | Absent = _left_out()
+    next: Link | Absent = _left_out()
+    prev: Link | Absent = _left_out()
+
+
+class CallListEmbedded(_Response):
+    calls: list[Call]
+
+
+class CallList(_Response):
+    """A page of calls, oldest first unless order=desc."""
+
+    count: int = Field(ge=0)
+    page_size: int = Field(ge=1, le=100)
+    record_index: int = Field(ge=0)
+    links: CallListLinks = Field(alias="_links")
+    embedded: CallListEmbedded = Field(alias="_embedded")
+
+
+class CreateCallResponse(_Response):
+    uuid: str
+    status: Literal["started"]
+    direction: Literal["outbound"]
+    conversation_uuid: str
+
+
+class CallMessage(_Response):
+    """What the talk, stream and DTMF routes answer."""
+
+    message: str
+    uuid: str
