@@ -453,6 +453,9 @@ async def test_responses_match_the_openapi_description_and_sdk_models(api):
     assert info.link == f"http://{client.host}:{client.port}/v1/calls/{s.uuid}"
     resp = await client.get("/v1/calls", headers=auth(), params={"page_size": "x"})
     _validate(document, "Error", await resp.json())
+    live = engine.add(FakeSession("app-a", "15550000"))
+    resp = await client.put(f"/v1/calls/{live.uuid}/dtmf", headers=auth(), json={"digits": "1"})
+    _validate(document, "CallMessage", await resp.json())
 
 
 def _validate(document: dict[str, Any], name: str, instance: Any) -> None:
