@@ -4,6 +4,7 @@ Run by hand (as root, for the rootfs lab), never by pytest::
 
     .venv/bin/python bench/callrate.py [--step-seconds 10] [--rates 25,50,100,...]
                                        [--profile] [--rest-requests 1000] [--json-out FILE]
+    .venv/bin/python bench/callrate.py --quick     # one 50 calls/s step each, < 2 minutes
 
 One run, one machine, one lab Asterisk (its own state directory and free ports):
 
@@ -549,6 +550,47 @@ class Bench:
         return self.report
 
 
+    def quick(self) -> dict[str, Any]:
+        """One step of each variant at ``--quick-rate``: the CPU per call of every process,
+        and the goals of the lean call path checked against it."""
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
+        self.start()
+        self.warm_up()
+        steps = {variant: self.run_step(variant, "quick", self.args.quick_rate,
+                                        self.args.step_seconds)
+                 for variant in ("dialplan", "bridge")}
+        cpu = {variant: r.cpu_ms_per_call for variant, r in steps.items()}
+        prof = None
+        if self.args.profile:
+            say(f"profile bridge at {self.args.quick_rate:g}/s with py-spy ...")
+            prof = self.profile(self.args.quick_rate)
+            print_profile(prof)
+        bridge_ms = cpu["bridge"].get("bridge", math.nan)
+        asterisk_extra_ms = (cpu["bridge"].get("asterisk", math.nan)
+                             - cpu["dialplan"].get("asterisk", math.nan))
+        return {
+            "rate": self.args.quick_rate,
+            "step_seconds": self.args.step_seconds,
+            "cpu_ms_per_call": cpu,
+            "passed": {variant: r.passed for variant, r in steps.items()},
+            "setup_p99_ms": {variant: r.setup_p99_ms for variant, r in steps.items()},
+            "other_cpu_pct": {variant: r.other_cpu_pct for variant, r in steps.items()},
+            "goals": {
+                "bridge_cpu_ms_per_call <= 2.0": {"value": bridge_ms,
+                                                  "met": bridge_ms <= 2.0},
+                "asterisk_extra_ms_per_bridge_call <= 1.5": {
+                    "value": round(asterisk_extra_ms, 2), "met": asterisk_extra_ms <= 1.5},
+            },
+            "machine": {
+                "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+                "asterisk": self.lab.asterisk_version,
+            },
+            "profile": prof,
+        }
+
+
 # ------------------------------------------------------------------------ profile
 # Leaf frames that mean "waiting": the event loop in epoll, idle executor threads.
 _IDLE_LEAVES = (
@@ -738,6 +780,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests per client in the ARI REST comparison (0: skip)")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab running")
     parser.add_argument("--json-out", type=Path, help="write the full report here")
+    parser.add_argument("--quick", action="store_true",
+                        help="only one --quick-rate step of each variant (under 2 minutes); "
+                             "prints the CPU per call of each process as JSON")
+    parser.add_argument("--quick-rate", type=float, default=50.0)
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if os.geteuid() != 0:
@@ -747,6 +793,15 @@ def main(argv: list[str] | None = None) -> int:
         say("callrate: sipp is not installed (package sip-tester)")
         return 2
     bench = Bench(args)
+    if args.quick:
+        try:
+            report = bench.quick()
+        finally:
+            bench.stop()
+        print(json.dumps(report, indent=2))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+        return 0 if all(report["passed"].values()) else 1
     try:
         report = bench.run()
     finally:
