@@ -295,6 +295,19 @@ class Bench:
             return dict(json.loads(resp.read()))
         return {}
 
+    def ari_requests(self) -> Counter[str]:
+        """ARI requests the bridge has made so far, by HTTP method (from its /metrics)."""
+        counts: Counter[str] = Counter()
+        url = f"http://127.0.0.1:{self.bridge_port}/metrics"
+        with (contextlib.suppress(OSError, urllib.error.URLError),
+              urllib.request.urlopen(url, timeout=5) as resp):
+            for line in resp.read().decode().splitlines():
+                if "ari_request_duration_seconds_count{" in line:
+                    labels, _, value = line.rpartition(" ")
+                    method = labels.split('method="', 1)[1].split('"', 1)[0]
+                    counts[method] += int(float(value))
+        return counts
+
     # --------------------------------------------------------------------- a step
     def run_step(self, variant: str, phase: str, rate: float, seconds: float,
                  profile_out: Path | None = None) -> StepResult:
@@ -556,9 +569,15 @@ class Bench:
         load_before = Path("/proc/loadavg").read_text().split()[:3]
         self.start()
         self.warm_up()
-        steps = {variant: self.run_step(variant, "quick", self.args.quick_rate,
+        steps = {"dialplan": self.run_step("dialplan", "quick", self.args.quick_rate,
+                                           self.args.step_seconds)}
+        before = self.ari_requests()
+        steps["bridge"] = self.run_step("bridge", "quick", self.args.quick_rate,
                                         self.args.step_seconds)
-                 for variant in ("dialplan", "bridge")}
+        done = max(1, steps["bridge"].successful + steps["bridge"].failed)
+        requests = self.ari_requests() - before
+        ari_per_call = {method: round(n / done, 2) for method, n in sorted(requests.items())}
+        ari_per_call["all"] = round(sum(requests.values()) / done, 2)
         cpu = {variant: r.cpu_ms_per_call for variant, r in steps.items()}
         prof = None
         if self.args.profile:
@@ -572,6 +591,7 @@ class Bench:
             "rate": self.args.quick_rate,
             "step_seconds": self.args.step_seconds,
             "cpu_ms_per_call": cpu,
+            "bridge_ari_requests_per_call": ari_per_call,
             "passed": {variant: r.passed for variant, r in steps.items()},
             "setup_p99_ms": {variant: r.setup_p99_ms for variant, r in steps.items()},
             "other_cpu_pct": {variant: r.other_cpu_pct for variant, r in steps.items()},
