@@ -4,6 +4,7 @@ Run by hand (as root, for the rootfs lab), never by pytest::
 
     .venv/bin/python bench/callrate.py [--step-seconds 10] [--rates 25,50,100,...]
                                        [--profile] [--rest-requests 1000] [--json-out FILE]
+    .venv/bin/python bench/callrate.py --quick     # one 50 calls/s step each, < 2 minutes
 
 One run, one machine, one lab Asterisk (its own state directory and free ports):
 
@@ -294,6 +295,19 @@ class Bench:
             return dict(json.loads(resp.read()))
         return {}
 
+    def ari_requests(self) -> Counter[str]:
+        """ARI requests the bridge has made so far, by HTTP method (from its /metrics)."""
+        counts: Counter[str] = Counter()
+        url = f"http://127.0.0.1:{self.bridge_port}/metrics"
+        with (contextlib.suppress(OSError, urllib.error.URLError),
+              urllib.request.urlopen(url, timeout=5) as resp):
+            for line in resp.read().decode().splitlines():
+                if "ari_request_duration_seconds_count{" in line:
+                    labels, _, value = line.rpartition(" ")
+                    method = labels.split('method="', 1)[1].split('"', 1)[0]
+                    counts[method] += int(float(value))
+        return counts
+
     # --------------------------------------------------------------------- a step
     def run_step(self, variant: str, phase: str, rate: float, seconds: float,
                  profile_out: Path | None = None) -> StepResult:
@@ -549,6 +563,54 @@ class Bench:
         return self.report
 
 
+    def quick(self) -> dict[str, Any]:
+        """One step of each variant at ``--quick-rate``: the CPU per call of every process,
+        and the goals of the lean call path checked against it."""
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
+        self.start()
+        self.warm_up()
+        steps = {"dialplan": self.run_step("dialplan", "quick", self.args.quick_rate,
+                                           self.args.step_seconds)}
+        before = self.ari_requests()
+        steps["bridge"] = self.run_step("bridge", "quick", self.args.quick_rate,
+                                        self.args.step_seconds)
+        done = max(1, steps["bridge"].successful + steps["bridge"].failed)
+        requests = self.ari_requests() - before
+        ari_per_call = {method: round(n / done, 2) for method, n in sorted(requests.items())}
+        ari_per_call["all"] = round(sum(requests.values()) / done, 2)
+        cpu = {variant: r.cpu_ms_per_call for variant, r in steps.items()}
+        prof = None
+        if self.args.profile:
+            say(f"profile bridge at {self.args.quick_rate:g}/s with py-spy ...")
+            prof = self.profile(self.args.quick_rate)
+            print_profile(prof)
+        bridge_ms = cpu["bridge"].get("bridge", math.nan)
+        asterisk_extra_ms = (cpu["bridge"].get("asterisk", math.nan)
+                             - cpu["dialplan"].get("asterisk", math.nan))
+        return {
+            "rate": self.args.quick_rate,
+            "step_seconds": self.args.step_seconds,
+            "cpu_ms_per_call": cpu,
+            "bridge_ari_requests_per_call": ari_per_call,
+            "passed": {variant: r.passed for variant, r in steps.items()},
+            "setup_p99_ms": {variant: r.setup_p99_ms for variant, r in steps.items()},
+            "other_cpu_pct": {variant: r.other_cpu_pct for variant, r in steps.items()},
+            "goals": {
+                "bridge_cpu_ms_per_call <= 2.0": {"value": bridge_ms,
+                                                  "met": bridge_ms <= 2.0},
+                "asterisk_extra_ms_per_bridge_call <= 1.5": {
+                    "value": round(asterisk_extra_ms, 2), "met": asterisk_extra_ms <= 1.5},
+            },
+            "machine": {
+                "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+                "asterisk": self.lab.asterisk_version,
+            },
+            "profile": prof,
+        }
+
+
 # ------------------------------------------------------------------------ profile
 # Leaf frames that mean "waiting": the event loop in epoll, idle executor threads.
 _IDLE_LEAVES = (
@@ -738,6 +800,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests per client in the ARI REST comparison (0: skip)")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab running")
     parser.add_argument("--json-out", type=Path, help="write the full report here")
+    parser.add_argument("--quick", action="store_true",
+                        help="only one --quick-rate step of each variant (under 2 minutes); "
+                             "prints the CPU per call of each process as JSON")
+    parser.add_argument("--quick-rate", type=float, default=50.0)
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if os.geteuid() != 0:
@@ -747,6 +813,15 @@ def main(argv: list[str] | None = None) -> int:
         say("callrate: sipp is not installed (package sip-tester)")
         return 2
     bench = Bench(args)
+    if args.quick:
+        try:
+            report = bench.quick()
+        finally:
+            bench.stop()
+        print(json.dumps(report, indent=2))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+        return 0 if all(report["passed"].values()) else 1
     try:
         report = bench.run()
     finally:
