@@ -370,6 +370,9 @@ class ServiceConfig(_Strict):
         10.0, gt=0, le=600,
         description="on SIGTERM, how long (seconds) pending events may take to be delivered "
                     "before the process exits anyway")
+    uvloop: bool = Field(
+        True, description="run on uvloop's event loop when it is installed (less CPU per "
+                          "event and request); false: asyncio's own loop")
 
 
 class LogConfig(_Strict):
