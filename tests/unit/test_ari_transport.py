@@ -345,3 +345,52 @@ async def test_a_gateway_not_started_refuses_requests() -> None:
     gateway = AriGateway(AriConfig(), lambda event: None)
     with pytest.raises(AriUnavailable, match="gateway not started"):
         await gateway.answer("c1")
+
+
+async def test_while_the_websocket_is_down_requests_go_over_http() -> None:
+    from bridge.ari.gateway import AriGateway
+    from bridge.ari.rest import HttpTransport
+    from bridge.config import AriConfig
+
+    http_pings: list[str] = []
+
+    async def events(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for sent in await _next_requests(ws, [], 1):
+            await ws.send_str(_answer(sent, 200, {"ping": "websocket"}))
+        await ws.close()  # Asterisk goes away
+        return ws
+
+    async def ping(request: web.Request) -> web.Response:
+        http_pings.append(request.path)
+        return web.json_response({"ping": "http"})
+
+    app = web.Application()
+    app.router.add_get("/ari/events", events)
+    app.router.add_get("/ari/asterisk/ping", ping)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port(socket.SOCK_STREAM)
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    session = aiohttp.ClientSession()
+    try:
+        gateway = AriGateway(AriConfig(url=f"http://127.0.0.1:{port}"), lambda event: None)
+        gateway._http = HttpTransport(session, f"http://127.0.0.1:{port}/ari")
+        ws = await session.ws_connect(f"http://127.0.0.1:{port}/ari/events")
+        gateway._ws_rest = WebSocketTransport(ws, 5.0)
+
+        async def connection() -> None:  # what AriConnection does around the reader
+            await gateway._read(ws)
+            gateway._closed("event websocket closed")
+
+        reading = asyncio.create_task(connection())
+        assert await gateway.request("GET", "/asterisk/ping") == {"ping": "websocket"}
+        async with asyncio.timeout(5):
+            await reading
+        assert await gateway.request("GET", "/asterisk/ping") == {"ping": "http"}
+        assert http_pings == ["/ari/asterisk/ping"]
+        assert gateway.requests_sent == {"websocket": 1, "http": 1}
+    finally:
+        await session.close()
+        await runner.cleanup()
