@@ -171,7 +171,7 @@ class WebSocketTransport:
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
-            await self.ws.send_frame(orjson.dumps(message), aiohttp.WSMsgType.TEXT)
+            await self.ws.send_str(orjson.dumps(message).decode())
             async with asyncio.timeout(self.timeout_s):
                 response = await answer
         except TimeoutError:

@@ -12,6 +12,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from bridge.ari.errors import AriError, ChannelGone
+from bridge.ari.rest import Transport
+
+#: Requests outside a call's path (provisioning, the reconciliation after a reconnect) go
+#: over HTTP: Asterisk carries out the websocket's requests one after another, and a burst
+#: of these, or one large answer, would hold up the calls' own requests behind them.
+_CONTROL: Transport = "http"
 
 
 class AriVerbs:
@@ -26,6 +32,7 @@ class AriVerbs:
         params: dict[str, Any] | None = None,
         body: Any = None,
         channel_id: str | None = None,
+        transport: Transport | None = None,
     ) -> Any:
         raise NotImplementedError
 
@@ -250,6 +257,7 @@ class AriVerbs:
         await self.request(
             "PUT", f"/asterisk/config/dynamic/{config_class}/{object_type}/{object_id}",
             body={"fields": [{"attribute": k, "value": v} for k, v in fields.items()]},
+            transport=_CONTROL,
         )
 
     async def delete_dynamic_config(self, config_class: str, object_type: str,
@@ -257,14 +265,15 @@ class AriVerbs:
         """Delete a sorcery object created at run time; one that is already gone is fine."""
         try:
             await self.request(
-                "DELETE", f"/asterisk/config/dynamic/{config_class}/{object_type}/{object_id}")
+                "DELETE", f"/asterisk/config/dynamic/{config_class}/{object_type}/{object_id}",
+                transport=_CONTROL)
         except AriError as exc:
             if exc.status != 404:
                 raise
 
     async def app_channel_ids(self) -> list[str]:
         """Channels currently in our Stasis application (what a restart must pick up)."""
-        info = await self.request("GET", f"/applications/{self.app}")
+        info = await self.request("GET", f"/applications/{self.app}", transport=_CONTROL)
         ids = []
         for source in info.get("channel_ids", []) if isinstance(info, dict) else []:
             ids.append(str(source))
