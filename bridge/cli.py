@@ -10,8 +10,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,6 +25,8 @@ from bridge.ncco.models import NccoError, parse_ncco_bytes
 DEFAULT_LAB_STATE = Path("/var/lib/ari-bridge/lab")
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,14 +109,33 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from bridge.app import BridgeService
 
-    asyncio.run(_serve_until_signal(BridgeService(config), config.service.drain_timeout_s))
+    run_on_loop(_serve_until_signal(BridgeService(config), config.service.drain_timeout_s),
+                use_uvloop=config.service.uvloop)
     return 0
+
+
+def event_loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when wanted and installed; None: asyncio's default loop."""
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_on_loop(main: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
+    """``asyncio.run`` on the event loop the configuration asks for."""
+    with asyncio.Runner(loop_factory=event_loop_factory(use_uvloop)) as runner:
+        return runner.run(main)
 
 
 async def _serve_until_signal(service: Any, drain_timeout_s: float) -> None:
     """Serve until SIGTERM or SIGINT, then drain (bounded by ``drain_timeout_s``) and stop.
     A second signal cuts the drain short."""
     loop = asyncio.get_running_loop()
+    log.info("bridge.event_loop", loop=f"{type(loop).__module__}.{type(loop).__name__}")
     received = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, received.set)
@@ -238,7 +260,8 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     _print_lab(info)
     try:
-        return asyncio.run(_demo_async(args, info))
+        return run_on_loop(_demo_async(args, info),
+                           use_uvloop=load_config(None).service.uvloop)
     finally:
         if not was_up:  # a lab the demo started is the demo's to stop
             lab_down(opts)

@@ -69,6 +69,10 @@ class AriConfig(_Strict):
                     "bridge reconnects as soon as Asterisk answers again, without waiting out "
                     "the backoff")
     ping_interval_s: float = Field(5.0, gt=0, description="how often a live connection is checked")
+    rest_transport: Literal["auto", "websocket", "http"] = Field(
+        "auto", description="how REST requests reach Asterisk: on the event websocket (Asterisk "
+                            "22.5, 21.10, 20.15 and later), over HTTP, or 'auto' (the websocket "
+                            "when this Asterisk's version supports it)")
 
     @field_validator("url")
     @classmethod
@@ -366,6 +370,9 @@ class ServiceConfig(_Strict):
         10.0, gt=0, le=600,
         description="on SIGTERM, how long (seconds) pending events may take to be delivered "
                     "before the process exits anyway")
+    uvloop: bool = Field(
+        True, description="run on uvloop's event loop when it is installed (less CPU per "
+                          "event and request); false: asyncio's own loop")
 
 
 class LogConfig(_Strict):

@@ -61,8 +61,8 @@ WEBHOOK_FAILURES = Counter(
 )
 ARI_REQUEST_SECONDS = Histogram(
     _PREFIX + "ari_request_duration_seconds",
-    "ARI REST request latency, by HTTP method.",
-    ["method"],
+    "ARI REST request latency, by HTTP method and transport (http or websocket).",
+    ["method", "transport"],
     buckets=_LATENCY_BUCKETS,
 )
 ARI_RECONNECTS = Counter(

@@ -212,9 +212,11 @@ def bridge_config(lab: LabInfo, webhooks: WebhookApp, tmp: Path,
 
 
 @pytest.fixture
-async def bridge(lab: LabInfo, webhooks: WebhookApp, tmp_path: Path
-                 ) -> AsyncIterator[BridgeService]:
-    service = BridgeService(bridge_config(lab, webhooks, tmp_path))
+async def bridge(request: pytest.FixtureRequest, lab: LabInfo, webhooks: WebhookApp,
+                 tmp_path: Path) -> AsyncIterator[BridgeService]:
+    """A started bridge; parametrized indirectly, the parameter is its ari.rest_transport."""
+    ari = {"rest_transport": request.param} if hasattr(request, "param") else {}
+    service = BridgeService(bridge_config(lab, webhooks, tmp_path, **ari))
     await service.start()
     assert await service.gateway.wait_connected(20), service.gateway.last_error
     yield service

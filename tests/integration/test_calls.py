@@ -13,6 +13,7 @@ pytestmark = pytest.mark.integration
 GREETING = "Thank you for calling. This message is played by the bridge over A R I."
 
 
+@pytest.mark.parametrize("bridge", ["http", "websocket"], indirect=True)
 async def test_talk_is_heard_and_status_events_arrive_once_in_order(bridge, webhooks, dial):
     number = new_number()
     webhooks.answer(number, [{"action": "talk", "text": GREETING, "voiceName": "Amy"}])

@@ -37,19 +37,21 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             write_rtp_pcap(folder / "agent.pcap", tone_samples(3, 1000)))
 
 
-async def start_bridge(lab, webhooks, tmp_path, routes) -> BridgeService:
-    service = BridgeService(bridge_config(lab, webhooks, tmp_path, routes=routes))
+async def start_bridge(lab, webhooks, tmp_path, routes, **ari) -> BridgeService:
+    service = BridgeService(bridge_config(lab, webhooks, tmp_path, routes=routes, **ari))
     await service.start()
     assert await service.gateway.wait_connected(20)
     return service
 
 
 @pytest.fixture
-async def agents_bridge(lab, webhooks, tmp_path) -> AsyncIterator:
+async def agents_bridge(request, lab, webhooks, tmp_path) -> AsyncIterator:
+    """Starts bridges; parametrized indirectly, the parameter is their ari.rest_transport."""
     services: list[BridgeService] = []
+    ari = {"rest_transport": request.param} if hasattr(request, "param") else {}
 
     async def make(routes: dict[str, int]) -> BridgeService:
-        services.append(await start_bridge(lab, webhooks, tmp_path, routes))
+        services.append(await start_bridge(lab, webhooks, tmp_path, routes, **ari))
         return services[-1]
 
     yield make
@@ -62,6 +64,7 @@ def connect(number: str, hook: str, **extra) -> dict:
             "eventUrl": [hook], "endpoint": [{"type": "phone", "number": number}], **extra}
 
 
+@pytest.mark.parametrize("agents_bridge", ["http", "websocket"], indirect=True)
 async def test_seed_000_busy_agent_fails_over_to_the_next_agent(
         agents_bridge, webhooks, dial, tones):
     caller_tone, agent_tone = tones
