@@ -40,6 +40,7 @@ from aioswagger11.http_client import ApiKeyAuthenticator, AsynchronousHttpClient
 from bridge import metrics
 from bridge.ari.errors import AriError, AriUnavailable, ChannelGone
 from bridge.config import AriConfig
+from bridge.timeline import RECORDER
 
 log = structlog.get_logger(__name__)
 
@@ -327,6 +328,8 @@ class AriGateway:
                 return
 
     def _dispatch(self, event: Event) -> None:
+        if RECORDER.on:
+            RECORDER.ari_event(event)
         key = _route_key(event)
         handler = self._routes.get(key) if key else None
         try:

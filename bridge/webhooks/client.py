@@ -42,6 +42,7 @@ import structlog
 from yarl import URL
 
 from bridge import metrics
+from bridge.timeline import RECORDER
 from bridge.webhooks.signing import Signer
 
 __all__ = [
@@ -426,6 +427,8 @@ class WebhookClient:
             elapsed_ms=elapsed_ms,
             error=outcome.error,
         )
+        if RECORDER.on:
+            RECORDER.webhook(req, resp, kind, signed=signer is not None)
         (log.debug if resp.ok else log.warning)(
             "webhook request",
             method=req.method,
