@@ -148,6 +148,7 @@ class CallView:
     ended: float | None = None
     final_status: str | None = None
     hangup_cause: str | None = None
+    end_reason: str | None = None  # why the call went to ending: ncco_done, hangup, no_ncco...
     legs: dict[str, dict[str, Any]] = field(default_factory=dict)
     entries: deque[dict[str, Any]] = field(default_factory=deque)
     dropped: int = 0
@@ -162,6 +163,7 @@ class CallView:
             "started": self.started, "ended": self.ended,
             "duration_s": round(max(0.0, end - self.started), 1),
             "final_status": self.final_status, "hangup_cause": self.hangup_cause,
+            "end_reason": self.end_reason,
             "legs": list(self.legs.values()), "seq": self.seq,
         }
 
@@ -255,7 +257,8 @@ class Timeline:
         call.application, call.direction = application, direction
         self.aliases[channel_id] = uuid
         first = self.pending.pop(channel_id, None)
-        if first is not None:
+        if first is not None:  # the call began when Asterisk handed it over
+            call.started = min(call.started, first["t"])
             self._add(call, first)
         self._changed(call)
 
@@ -266,6 +269,8 @@ class Timeline:
         if call is None:
             return
         previous, call.state = call.state, state
+        if state == "ending":
+            call.end_reason = why
         self._add(call, {"kind": "state", "from": previous, "to": state, "why": why})
         if state == "ended":
             call.ended = time.time()

@@ -52,7 +52,8 @@ pre{white-space:pre-wrap;word-break:break-all;background:#f7f8fa;margin:3px 0;pa
 <ol id="timeline"></ol></section>
 <section id="ended-section"><h2>Recently ended</h2>
 <table id="ended-calls"><thead><tr><th>uuid</th><th>from</th><th>to</th><th>application</th>
-<th>status</th><th>cause</th><th>duration</th><th>ended</th></tr></thead><tbody></tbody></table>
+<th>status</th><th>why</th><th>cause</th><th>duration</th><th>ended</th></tr></thead>
+<tbody></tbody></table>
 </section>
 <section><h2>Agents</h2>
 <table id="agents"><thead><tr><th>agent</th><th>state</th><th>calls</th><th>sticky for</th>
@@ -130,7 +131,8 @@ function render() {
     '<tr data-uuid="' + esc(c.uuid) + '"' + (c.uuid === selected ? ' class="selected"' : "")
     + '><td class="mono" title="' + esc(c.uuid) + '">' + short(c.uuid) + "</td><td>"
     + esc(c.from) + "</td><td>" + esc(c.to) + "</td><td>" + esc(c.application)
-    + '</td><td class="status">' + esc(c.final_status) + "</td><td>" + esc(c.hangup_cause)
+    + '</td><td class="status">' + esc(c.final_status) + '</td><td class="why">'
+    + esc(c.end_reason) + "</td><td>" + esc(c.hangup_cause)
     + "</td><td>" + dur(c.duration_s) + "</td><td>" + clock(c.ended) + "</td></tr>").join("");
   document.querySelector("#agents tbody").innerHTML = S.agents.map(g =>
     '<tr><td class="mono">' + esc(g.agent) + '</td><td class="' + (g.busy ? "bad" : "ok") + '">'

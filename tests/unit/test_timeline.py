@@ -180,7 +180,10 @@ def test_the_inbound_stasis_start_arrives_before_the_call_and_is_its_first_entry
     timeline.ari_event({"type": "ChannelHangupRequest", "channel": {"id": "ch1"}, "cause": 16})
     timeline.ari_event({"type": "ChannelDestroyed", "channel": {"id": "unknown"}})
 
-    entries = timeline.call("a").detail()["timeline"]  # type: ignore[union-attr]
+    call = timeline.call("a")
+    assert call is not None
+    entries = call.detail()["timeline"]
+    assert call.started == entries[0]["t"]  # the call began when Asterisk handed it over
     assert [(e["kind"], e["type"]) for e in entries] == [
         ("ari", "StasisStart"), ("ari", "ChannelHangupRequest")]
     assert entries[1]["cause"] == 16
@@ -226,6 +229,7 @@ def test_actions_and_states_are_recorded_in_order_with_the_current_action():
         ("state", "running"), ("action", "start"), ("action", "end"), ("state", "ending"),
         ("state", "ended")]
     assert entries[2]["outcome"] == "finished"
+    assert timeline.ended_calls()[0]["end_reason"] == "ncco_done"
     assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
 
 
