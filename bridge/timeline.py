@@ -340,8 +340,12 @@ class Timeline:
     def ari_event(self, event: Mapping[str, Any]) -> None:
         channel = event.get("channel") or event.get("peer")
         channel_id = channel.get("id") if isinstance(channel, Mapping) else None
+        if channel_id is None:  # a playback or recording names its channel as its target
+            target = (event.get("playback") or event.get("recording") or {})
+            uri = str(target.get("target_uri", "")) if isinstance(target, Mapping) else ""
+            channel_id = uri.partition(":")[2] if uri.startswith("channel:") else None
         if channel_id is None:
-            return  # bridge and playback events reach calls through their own effects
+            return  # bridge events reach calls through their channels' own events
         entry: dict[str, Any] = {"kind": "ari", "type": event.get("type"),
                                  "channel": channel_id}
         if isinstance(channel, Mapping) and channel.get("state"):

@@ -179,14 +179,17 @@ def test_the_inbound_stasis_start_arrives_before_the_call_and_is_its_first_entry
     start(timeline, "a", "ch1")
     timeline.ari_event({"type": "ChannelHangupRequest", "channel": {"id": "ch1"}, "cause": 16})
     timeline.ari_event({"type": "ChannelDestroyed", "channel": {"id": "unknown"}})
+    timeline.ari_event({"type": "PlaybackFinished",
+                        "playback": {"id": "pb1", "target_uri": "channel:ch1"}})
 
     call = timeline.call("a")
     assert call is not None
     entries = call.detail()["timeline"]
     assert call.started == entries[0]["t"]  # the call began when Asterisk handed it over
     assert [(e["kind"], e["type"]) for e in entries] == [
-        ("ari", "StasisStart"), ("ari", "ChannelHangupRequest")]
+        ("ari", "StasisStart"), ("ari", "ChannelHangupRequest"), ("ari", "PlaybackFinished")]
     assert entries[1]["cause"] == 16
+    assert entries[2]["playback"] == "pb1"
 
 
 def test_legs_and_their_events_join_the_call_that_dialled_them():
