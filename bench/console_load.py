@@ -342,7 +342,8 @@ class ConsoleStream:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--state-dir", type=Path, default=Path("/var/tmp/ari-bridge-bench"))
+    parser.add_argument("--state-dir", type=Path,
+                        default=Path("/var/tmp/ari-bridge-console-bench"))
     parser.add_argument("--calls", type=int, default=300, help=f"live calls (at most {MAX_CALLS})")
     parser.add_argument("--rate", type=float, default=30.0, help="calls placed per second")
     parser.add_argument("--window-s", type=float, default=15.0, help="CPU measuring window")

@@ -9,7 +9,6 @@ fresh ``state`` instead of its backlog.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import Any
@@ -78,8 +77,9 @@ class LiveFeed:
 
     def close_all(self) -> None:
         for sub in list(self.recorder.subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                sub.queue.put_nowait(CLOSE)
+            while not sub.queue.empty():  # what it has not read yet no longer matters
+                sub.queue.get_nowait()
+            sub.queue.put_nowait(CLOSE)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/console/events``: ``state`` (everything) first, then ``update``s."""

@@ -3,7 +3,9 @@ engine is absent here; the integration tests run the console against real calls)
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -69,7 +71,8 @@ async def test_a_token_or_a_user_opens_the_console(console):
 
 
 async def test_the_event_stream_starts_with_the_whole_state(console):
-    RECORDER.call_started("c1", "ch1", "15550001111", "15550002222", "main", "inbound")
+    contextvars.copy_context().run(  # as a session's own task would
+        RECORDER.call_started, "c1", "ch1", "15550001111", "15550002222", "main", "inbound")
     async with aiohttp.ClientSession() as http, http.get(
             console.make_url("/v1/console/events"), params={"token": TOKEN}) as resp:
         assert resp.headers["Content-Type"] == "text/event-stream"
@@ -107,3 +110,15 @@ def test_the_token_may_come_from_the_environment():
     assert config.console.enabled
     assert config.console.token is not None
     assert config.console.token.get_secret_value() == TOKEN
+
+
+async def test_stopping_the_server_ends_open_event_streams():
+    server = await serve({"enabled": True, "token": TOKEN})
+    async with aiohttp.ClientSession() as http, http.get(
+            server.make_url("/v1/console/events"), params={"token": TOKEN}) as resp:
+        assert (await resp.content.readline()) == b"event: state\n"
+        # Without the close signal the server would wait for the stream's handler to end.
+        await asyncio.wait_for(server.close(), 30)
+        rest = await asyncio.wait_for(resp.content.read(), 30)
+        assert b"event: update" not in rest
+    assert RECORDER.on is False
