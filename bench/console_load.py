@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -204,7 +205,9 @@ class ConsoleLoad:
             "-nostdin", "-timeout", f"{int(hold_s + 120)}s", "-timeout_error",
         ], {})
 
-    async def wait_all_up(self, http: aiohttp.ClientSession) -> int:
+    async def wait_all_up(self, http: aiohttp.ClientSession, cpu0: float) -> dict[str, Any]:
+        """Wait (bounded) until every call is up; the bridge's CPU per call set up meanwhile
+        (answer webhook, status events, the first actions: where recording does most)."""
         deadline = time.monotonic() + self.args.calls / self.args.rate + 60
         live = 0
         while time.monotonic() < deadline:
@@ -212,8 +215,10 @@ class ConsoleLoad:
             if live >= self.args.calls:
                 break
             await asyncio.sleep(0.5)
+        setup_cpu_s = proc_cpu_s(self.procs["bridge"].pid) - cpu0
         await asyncio.sleep(self.args.settle_s)  # answered and playing, past the ramp
-        return await self.live_calls(http)
+        return {"live_calls": await self.live_calls(http),
+                "setup_cpu_ms_per_call": round(setup_cpu_s * 1000 / max(live, 1), 2)}
 
     async def cpu_window(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         pid = self.procs["bridge"].pid
@@ -228,16 +233,17 @@ class ConsoleLoad:
     async def end_calls(self, http: aiohttp.ClientSession) -> None:
         """Stop sipp and hang up what is left over ARI, then wait (bounded) for silence."""
         self.stop_proc("sipp")
-        auth = aiohttp.BasicAuth(self.lab.ari_username, self.env["ARI_BRIDGE_ARI__PASSWORD"])
+        credentials = f"{self.lab.ari_username}:{self.env['ARI_BRIDGE_ARI__PASSWORD']}"
+        auth = {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
         base = f"{self.lab.ari_url}/ari/channels"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            async with http.get(base, auth=auth) as resp:
+            async with http.get(base, headers=auth) as resp:
                 channels = await resp.json()
             if not channels:
                 return
             for channel in channels:
-                async with http.delete(f"{base}/{channel['id']}", auth=auth):
+                async with http.delete(f"{base}/{channel['id']}", headers=auth):
                     pass
             await asyncio.sleep(1)
 
@@ -248,8 +254,9 @@ class ConsoleLoad:
         windows = 2 if console else 1
         hold_s = (self.args.calls / self.args.rate + self.args.settle_s
                   + windows * (self.args.window_s + 3) + 60)
+        cpu0 = proc_cpu_s(self.procs["bridge"].pid)
         self.place_calls(hold_s)
-        result: dict[str, Any] = {"live_calls": await self.wait_all_up(http)}
+        result: dict[str, Any] = await self.wait_all_up(http, cpu0)
         say(f"  {result['live_calls']} calls up (console {'on' if console else 'off'})")
         if not console:
             result["off"] = await self.cpu_window(http)
@@ -303,8 +310,10 @@ class ConsoleLoad:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             off = await self.run_once(http, console=False)
             on = await self.run_once(http, console=True)
-        report["off"] = {**off["off"], "live_calls": off["live_calls"]}
-        report["on_no_page"] = {**on["on_no_page"], "live_calls": on["live_calls"]}
+        report["off"] = {**off["off"], "live_calls": off["live_calls"],
+                         "setup_cpu_ms_per_call": off["setup_cpu_ms_per_call"]}
+        report["on_no_page"] = {**on["on_no_page"], "live_calls": on["live_calls"],
+                                "setup_cpu_ms_per_call": on["setup_cpu_ms_per_call"]}
         report["on_page"] = on["on_page"]
         report["requests"] = on["requests"]
         base = report["off"]["bridge_cpu_pct"]

@@ -8,8 +8,11 @@ agent leases can all report to it.
 
 Everything is bounded: entries per call (the oldest go first, and the call says how many were
 dropped), live calls followed at once, ended calls kept (by count and by age), webhook URLs.
-Secrets never enter it: request data, headers and response bodies are masked when recorded
-(``Authorization``, JWTs, and any ``token``/``secret``/``password`` key) and cut at 4 KB.
+Secrets never leave it: request data, headers and response bodies are masked
+(``Authorization``, JWTs, and any ``token``/``secret``/``password`` key) and cut at 4 KB the
+first time a timeline is read; until then an entry holds the request's data and at most 16 KB
+of the body, since masking every exchange of every call would cost the call path for views
+that are mostly never opened.
 
 The console's live view reads summaries of the calls that changed (:meth:`Timeline.take_dirty`)
 and fans one serialised message out to every subscriber (:meth:`Timeline.publish`). Each
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import re
 import time
@@ -44,6 +48,10 @@ _SECRET_WORDS = ("token", "secret", "password", "passwd", "authorization", "apik
                  "signature", "cookie")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+#: ``"api_token": "..."`` and ``password=...`` in text that is not (or no longer) valid JSON.
+_KEYED = re.compile(r'(?i)("[^"]*(?:token|secret|passw|authorization|api.?key|jwt|signature)'
+                    r'[^"]*"\s*:\s*)"[^"]*"|\b([\w.-]*(?:token|secret|passw|api.?key)[\w.-]*=)'
+                    r'[^&\s"]+')
 #: Signalled to a subscriber whose queue overflowed: fetch the whole state again.
 RESYNC = "resync"
 #: ARI event fields worth keeping in a timeline (the rest of an event is not).
@@ -66,14 +74,17 @@ def _hook(method: Callable[P, None]) -> Callable[P, None]:
     return guarded
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     lowered = key.lower().replace("-", "").replace("_", "")  # X-Api-Key, api_key
     return any(word in lowered for word in _SECRET_WORDS)
 
 
 def mask_text(text: str) -> str:
-    """JWTs and ``Bearer``/``Basic`` credentials inside free text."""
-    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", _JWT.sub(MASK, text))
+    """JWTs, ``Bearer``/``Basic`` credentials and secret ``key: value`` pairs in free text."""
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", _JWT.sub(MASK, text))
+    return _KEYED.sub(lambda m: f'{m.group(1)}"{MASK}"' if m.group(1) else f"{m.group(2)}{MASK}",
+                      text)
 
 
 def mask(value: Any, depth: int = 0) -> Any:
@@ -102,6 +113,7 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+@functools.lru_cache(maxsize=1024)
 def health_key(url: str) -> str:
     """Webhook health is kept per URL without its query string (one row per endpoint)."""
     try:
@@ -171,7 +183,7 @@ class CallView:
         out = self.summary()
         out["channel_id"] = self.channel_id
         out["entries_dropped"] = self.dropped
-        out["timeline"] = list(self.entries)
+        out["timeline"] = [_render(entry) for entry in self.entries]
         return out
 
 
@@ -287,10 +299,8 @@ class Timeline:
         if call is None:
             return
         call.action, call.position = name, position
-        dump = getattr(action, "model_dump", None)
-        detail = mask(dump(by_alias=True, exclude_none=True)) if callable(dump) else None
         self._add(call, {"kind": "action", "phase": "start", "action": name,
-                         "position": position, "ncco": _cut_json(detail)})
+                         "position": position, "_action": action})  # dumped by _render
         self._changed(call)
 
     @_hook
@@ -339,23 +349,23 @@ class Timeline:
     @_hook
     def ari_event(self, event: Mapping[str, Any]) -> None:
         channel = event.get("channel") or event.get("peer")
-        channel_id = channel.get("id") if isinstance(channel, Mapping) else None
+        channel_id = channel.get("id") if isinstance(channel, dict) else None
         if channel_id is None:  # a playback or recording names its channel as its target
             target = (event.get("playback") or event.get("recording") or {})
-            uri = str(target.get("target_uri", "")) if isinstance(target, Mapping) else ""
+            uri = str(target.get("target_uri", "")) if isinstance(target, dict) else ""
             channel_id = uri.partition(":")[2] if uri.startswith("channel:") else None
         if channel_id is None:
             return  # bridge events reach calls through their channels' own events
         entry: dict[str, Any] = {"kind": "ari", "type": event.get("type"),
                                  "channel": channel_id}
-        if isinstance(channel, Mapping) and channel.get("state"):
+        if isinstance(channel, dict) and channel.get("state"):
             entry["state"] = channel["state"]
         for name in _ARI_FIELDS:
             if name in event:
                 entry[name] = event[name]
         for name in ("playback", "recording", "bridge"):
             obj = event.get(name)
-            if isinstance(obj, Mapping):
+            if isinstance(obj, dict):
                 entry[name] = obj.get("id") or obj.get("name")
         call = self._find(self.aliases.get(channel_id))
         if call is not None:
@@ -397,18 +407,16 @@ class Timeline:
                           or _str(data.get("CallSid")))
         if call is None:
             return
-        headers = {str(k): MASK if is_secret_key(str(k)) else mask_text(str(v))
-                   for k, v in (request.headers or {}).items()}
-        if signed:
-            headers["Authorization"] = f"Bearer {MASK}"
+        body = response.body
         self._add(call, {
-            "kind": "webhook", "webhook": kind, "method": request.method, "url": mask_url(url),
-            "request": {"headers": headers, "data": _cut_json(mask(dict(data)))},
+            "kind": "webhook", "webhook": kind, "method": request.method,
+            # Masked and cut when first read (_render): most timelines are never opened.
+            "_raw": (url, dict(data), dict(request.headers or {}), signed,
+                     body[:MAX_BODY_CHARS * 4] if body else b""),
             "response": {"status": response.status, "error": response.error,
                          "content_type": response.content_type,
                          "attempts": response.attempts,
-                         "elapsed_ms": round(float(response.elapsed_ms), 1),
-                         "body": body_text(response.body)},
+                         "elapsed_ms": round(float(response.elapsed_ms), 1)},
         })
         self._changed(call)
 
@@ -542,6 +550,27 @@ class Timeline:
         self._dirty_calls.discard(call.uuid)
         if self.subscribers:
             self._removed.append(call.uuid)
+
+
+def _render(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry as it is shown: a webhook's request and response masked and cut, an action's
+    NCCO dumped and masked. Done once, in place, the first time the entry is read."""
+    raw = entry.pop("_raw", None)
+    if raw is not None:
+        url, data, headers, signed, body = raw
+        shown = {str(k): MASK if is_secret_key(str(k)) else mask_text(str(v))
+                 for k, v in headers.items()}
+        if signed:
+            shown["Authorization"] = f"Bearer {MASK}"
+        entry["url"] = mask_url(url)
+        entry["request"] = {"headers": shown, "data": _cut_json(mask(data))}
+        entry["response"]["body"] = body_text(body)
+    if "_action" in entry:
+        action = entry.pop("_action")
+        dump = getattr(action, "model_dump", None)
+        entry["ncco"] = _cut_json(mask(dump(by_alias=True, exclude_none=True))
+                                  if callable(dump) else None)
+    return entry
 
 
 def _str(value: Any) -> str | None:

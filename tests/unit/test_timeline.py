@@ -297,3 +297,28 @@ def test_an_agent_held_by_a_call_names_the_call(owner):
     row = timeline.agent_rows()["15550003333"]
     assert row["calls"] == ["a"]
     assert row["sticky_callers"] == ["15550001111"]
+
+
+def test_a_body_too_long_to_parse_still_has_its_secret_values_masked():
+    timeline = recorder()
+    start(timeline, "a")
+    body = b'{"password": "hunter2", "text": "' + b"x" * 40_000 + b'"}'
+    timeline.webhook(Request("http://app.example/x", data={"uuid": "a"}),
+                     Response(body=body), "answer", False)
+
+    entry = timeline.call("a").detail()["timeline"][-1]  # type: ignore[union-attr]
+    assert "hunter2" not in entry["response"]["body"]
+    assert entry["response"]["body"].startswith('{"password": "***"')
+
+
+def test_reading_a_timeline_twice_gives_the_same_masked_entries():
+    timeline = recorder()
+    start(timeline, "a")
+    timeline.webhook(Request("http://app.example/x", data={"uuid": "a", "token": "t0k"}),
+                     Response(), "event", False)
+    call = timeline.call("a")
+    assert call is not None
+    first, second = call.detail()["timeline"], call.detail()["timeline"]
+    assert first == second
+    assert first[0]["request"]["data"]["token"] == MASK
+    assert "_raw" not in first[0]
