@@ -2,9 +2,9 @@
 
 One recorder per process (:data:`RECORDER`). The call path reports to it through hooks of the
 form ``if RECORDER.on: RECORDER.something(...)``: while the console is off that attribute check
-is all a hook costs, and nothing is kept. This module sits at the bottom of the layering (it
-imports nothing of the bridge), so the ARI gateway, the webhook client, the dialer and the
-agent leases can all report to it.
+is all a hook costs, and nothing is kept. This module sits at the bottom of the layering (of
+the bridge it imports only bridge.masking), so the ARI gateway, the webhook client, the dialer
+and the agent leases can all report to it.
 
 Everything is bounded: entries per call (the oldest go first, and the call says how many were
 dropped), live calls followed at once, ended calls kept (by count and by age), webhook URLs.
@@ -24,34 +24,31 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
-import json
-import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, ParamSpec
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
+
+from bridge.masking import (
+    MASK,
+    MAX_BODY_CHARS,
+    body_text,
+    cut,
+    cut_json,
+    health_key,
+    is_secret_key,
+    mask,
+    mask_text,
+    mask_url,
+)
 
 log = structlog.get_logger(__name__)
 P = ParamSpec("P")
 
-#: Request and response bodies are cut to this many characters.
-MAX_BODY_CHARS = 4096
-MASK = "***"
-#: A key whose name contains one of these holds a secret (``api_token``, ``Password``, ...).
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "authorization", "apikey", "jwt",
-                 "signature", "cookie")
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
-#: ``"api_token": "..."`` and ``password=...`` in text that is not (or no longer) valid JSON.
-_KEYED = re.compile(r'(?i)("[^"]*(?:token|secret|passw|authorization|api.?key|jwt|signature)'
-                    r'[^"]*"\s*:\s*)"[^"]*"|\b([\w.-]*(?:token|secret|passw|api.?key)[\w.-]*=)'
-                    r'[^&\s"]+')
 #: Signalled to a subscriber whose queue overflowed: fetch the whole state again.
 RESYNC = "resync"
 #: ARI event fields worth keeping in a timeline (the rest of an event is not).
@@ -72,75 +69,6 @@ def _hook(method: Callable[P, None]) -> Callable[P, None]:
         except Exception:
             log.exception("timeline.hook_failed", hook=method.__name__)
     return guarded
-
-
-@functools.lru_cache(maxsize=4096)
-def is_secret_key(key: str) -> bool:
-    lowered = key.lower().replace("-", "").replace("_", "")  # X-Api-Key, api_key
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def mask_text(text: str) -> str:
-    """JWTs, ``Bearer``/``Basic`` credentials and secret ``key: value`` pairs in free text."""
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", _JWT.sub(MASK, text))
-    return _KEYED.sub(lambda m: f'{m.group(1)}"{MASK}"' if m.group(1) else f"{m.group(2)}{MASK}",
-                      text)
-
-
-def mask(value: Any, depth: int = 0) -> Any:
-    """A copy of JSON-like ``value`` with secret keys' values and JWTs masked."""
-    if depth > 20:
-        return MASK
-    if isinstance(value, Mapping):
-        return {str(k): MASK if is_secret_key(str(k)) and v not in (None, "")
-                else mask(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [mask(v, depth + 1) for v in value]
-    if isinstance(value, str):
-        return mask_text(value)
-    return value
-
-
-def mask_url(url: str) -> str:
-    """The URL without credentials, with secret query parameters masked."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    netloc = parts.netloc.rpartition("@")[2]
-    query = urlencode([(k, MASK if is_secret_key(k) else mask_text(v))
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-@functools.lru_cache(maxsize=1024)
-def health_key(url: str) -> str:
-    """Webhook health is kept per URL without its query string (one row per endpoint)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
-def cut(text: str, limit: int = MAX_BODY_CHARS) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters cut)"
-
-
-def body_text(body: bytes | str | None) -> str:
-    """A response body as masked text of at most 4 KB (JSON bodies masked key by key)."""
-    if not body:
-        return ""
-    raw = body if isinstance(body, str) else body[:MAX_BODY_CHARS * 4].decode("utf-8", "replace")
-    stripped = raw.lstrip()
-    if stripped[:1] in ("{", "[") and len(raw) <= MAX_BODY_CHARS * 4:
-        try:
-            return cut(json.dumps(mask(json.loads(raw)), ensure_ascii=False))
-        except ValueError:
-            pass
-    return cut(mask_text(raw))
 
 
 @dataclass
@@ -304,10 +232,14 @@ class Timeline:
         self._changed(call)
 
     @_hook
-    def action_ended(self, uuid: str, name: str, position: int, outcome: str) -> None:
+    def action_ended(self, uuid: str, name: str, position: int, gone: bool,
+                     replaced: bool) -> None:
+        """``replaced``: a reply or a transfer brought a new NCCO; ``gone``: the call hung up."""
         call = self.live.get(uuid)
         if call is None:
             return
+        outcome = ("replaced by a new NCCO" if replaced
+                   else "ended by hangup" if gone else "finished")
         self._add(call, {"kind": "action", "phase": "end", "action": name,
                          "position": position, "outcome": outcome})
         self._changed(call)
@@ -563,26 +495,18 @@ def _render(entry: dict[str, Any]) -> dict[str, Any]:
         if signed:
             shown["Authorization"] = f"Bearer {MASK}"
         entry["url"] = mask_url(url)
-        entry["request"] = {"headers": shown, "data": _cut_json(mask(data))}
+        entry["request"] = {"headers": shown, "data": cut_json(mask(data))}
         entry["response"]["body"] = body_text(body)
     if "_action" in entry:
         action = entry.pop("_action")
         dump = getattr(action, "model_dump", None)
-        entry["ncco"] = _cut_json(mask(dump(by_alias=True, exclude_none=True))
+        entry["ncco"] = cut_json(mask(dump(by_alias=True, exclude_none=True))
                                   if callable(dump) else None)
     return entry
 
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _cut_json(value: Any) -> Any:
-    """``value`` itself when its JSON is at most 4 KB, else the JSON text cut."""
-    if value is None:
-        return None
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return value if len(text) <= MAX_BODY_CHARS else cut(text)
 
 
 #: The process's recorder: the console enables it, hooks check ``RECORDER.on``.

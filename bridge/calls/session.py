@@ -523,7 +523,8 @@ class CallSession:
         self.log.debug("action.end", action=action.action, position=self.position,
                       replaced=result is not None or self._pending_ncco is not None)
         if RECORDER.on:
-            RECORDER.action_ended(self.uuid, action.action, self.position, _outcome(self, result))
+            RECORDER.action_ended(self.uuid, action.action, self.position, self.gone.is_set(),
+                                  replaced=result is not None or self._pending_ncco is not None)
         return result
 
     def _accept_replacement(self, actions: list[Action]) -> bool:
@@ -597,13 +598,6 @@ class CallSession:
         self.state = new
         if RECORDER.on:
             RECORDER.call_state(self.uuid, new.value, event, self.final_status, self.hangup_cause)
-
-
-def _outcome(session: CallSession, replacement: list[Action] | None) -> str:
-    """How an action ended, for the console's timeline."""
-    if replacement is not None or session._pending_ncco is not None:
-        return "replaced by a new NCCO"
-    return "ended by hangup" if session.gone.is_set() else "finished"
 
 
 def _playback_finished(playback_id: str) -> Callable[[Event], bool]:

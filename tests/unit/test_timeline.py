@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from bridge.timeline import MASK, MAX_BODY_CHARS, RESYNC, Timeline, current_call, mask
+from bridge.masking import MASK, MAX_BODY_CHARS, mask
+from bridge.timeline import RESYNC, Timeline, current_call
 
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhcHBsaWNhdGlvbl9pZCI6ImFiYyJ9."
        "c2lnbmF0dXJlLWJ5dGVz")
@@ -223,7 +224,7 @@ def test_actions_and_states_are_recorded_in_order_with_the_current_action():
     timeline.call_state("a", "running", "ncco")
     timeline.action_started("a", "talk", 0, None)
     assert timeline.live_calls()[0]["action"] == "talk"
-    timeline.action_ended("a", "talk", 0, "finished")
+    timeline.action_ended("a", "talk", 0, gone=False, replaced=False)
     timeline.call_state("a", "ending", "ncco_done")
     timeline.call_state("a", "ended", "completed", "completed", "Normal Clearing")
 
