@@ -4,7 +4,7 @@ Runs in its own process so its CPU is not counted as the bridge's::
 
     python bench/answer_app.py --port 8000 [--text "Hello there."]
 
-GET|POST /answer  -> [{"action": "talk", "text": ...}]
+GET|POST /answer  -> [{"action": "talk", "text": ...}], or the NCCO given with --ncco
 POST|GET /event   -> 204 (counted by status)
 GET /stats        -> {"answers": n, "events": {status: n}}
 """
@@ -18,8 +18,8 @@ from collections import Counter
 from aiohttp import web
 
 
-def build_app(text: str) -> web.Application:
-    ncco = json.dumps([{"action": "talk", "text": text}]).encode()
+def build_app(text: str, ncco_json: str | None = None) -> web.Application:
+    ncco = (ncco_json or json.dumps([{"action": "talk", "text": text}])).encode()
     answers = [0]
     events: Counter[str] = Counter()
 
@@ -50,8 +50,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--text", default="Hello there.")
+    parser.add_argument("--ncco", help="answer this NCCO (JSON) instead of one talk")
     args = parser.parse_args()
-    web.run_app(build_app(args.text), host=args.host, port=args.port, access_log=None,
+    web.run_app(build_app(args.text, args.ncco), host=args.host, port=args.port, access_log=None,
                 print=None)
 
 

@@ -22,6 +22,7 @@ from bridge.ari.gateway import AriGateway
 from bridge.calls.engine import CallEngine
 from bridge.calls.store import CallStore
 from bridge.config import Config
+from bridge.console import register_console
 from bridge.media import EspeakTts, MediaStore
 from bridge.media.asr import PocketsphinxAsr
 from bridge.preflight import describe_stores
@@ -48,6 +49,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/media/{media_id}.wav", media_file)
     app[API_KEY] = RestApi(config, FileStore(config.recordings.path), lambda: app.get(ENGINE_KEY))
     app[API_KEY].register(app)
+    # Before the components: the recorder is on before the first call can start.
+    register_console(app, config, lambda: app.get(ENGINE_KEY), lambda: app.get(GATEWAY_KEY))
     app.cleanup_ctx.append(_components)
     return app
 

@@ -375,6 +375,35 @@ class ServiceConfig(_Strict):
                           "event and request); false: asyncio's own loop")
 
 
+class ConsoleConfig(_Strict):
+    """The operator console at ``/console`` and its JSON under ``/v1/console`` (off unless
+    enabled; see bridge/console). Either ``token`` or ``users`` must be set to enable it."""
+
+    enabled: bool = False
+    token: SecretStr | None = Field(
+        None, description="bearer token (header, or ?token= in the page's URL); prefer the "
+                          "environment: ARI_BRIDGE_CONSOLE__TOKEN")
+    users: dict[str, SecretStr] = Field(
+        default_factory=dict, description="basic-auth users: name -> password")
+    max_entries_per_call: int = Field(500, ge=10, le=100_000,
+                                      description="timeline entries kept per call (oldest go)")
+    max_live_calls: int = Field(5000, ge=1, description="live calls followed at once")
+    keep_ended: int = Field(200, ge=0, le=100_000, description="ended calls kept")
+    keep_ended_minutes: float = Field(30.0, gt=0, description="minutes an ended call is kept")
+    update_interval_s: float = Field(
+        0.5, ge=0.05, le=10, description="how often the page receives what changed")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ConsoleConfig:
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            raise ValueError("console.token: must be at least 16 characters")
+        if any(not p.get_secret_value() for p in self.users.values()):
+            raise ValueError("console.users: a password must not be empty")
+        if self.enabled and self.token is None and not self.users:
+            raise ValueError("console.enabled needs console.token or console.users")
+        return self
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = Field(False, alias="json")
@@ -389,6 +418,7 @@ class Config(_Strict):
     events: EventsConfig = EventsConfig()
     log: LogConfig = LogConfig()
     service: ServiceConfig = ServiceConfig()
+    console: ConsoleConfig = ConsoleConfig()
     applications: list[ApplicationConfig] = []
     numbers: dict[str, str] = Field(
         default_factory=dict, description="inbound number -> application id; '*' is the default"

@@ -9,6 +9,7 @@ import structlog
 
 from bridge import metrics
 from bridge.agents.store import AgentStore
+from bridge.timeline import RECORDER
 
 log = structlog.get_logger(__name__)
 
@@ -40,11 +41,15 @@ class HeldAgents:
         if agent not in self.agents:
             self.agents.add(agent)
             metrics.AGENT_LEASES_HELD.inc()
+            if RECORDER.on:
+                RECORDER.agent(agent, self.owner, busy=True)
 
     async def release(self, agent: str) -> None:
         if agent in self.agents:
             self.agents.discard(agent)
             metrics.AGENT_LEASES_HELD.dec()
+            if RECORDER.on:
+                RECORDER.agent(agent, self.owner, busy=False)
             try:
                 await self.store.release(agent, self.owner)
             except Exception as exc:  # the lease expires by itself

@@ -14,6 +14,8 @@ import aiohttp
 import orjson
 import structlog
 
+from bridge.timeline import RECORDER
+
 log = structlog.get_logger(__name__)
 
 Event = dict[str, Any]
@@ -88,6 +90,8 @@ class EventRouter:
                 break
 
     def dispatch(self, event: Event) -> None:
+        if RECORDER.on:
+            RECORDER.ari_event(event)
         key = route_key(event)
         handler = self._routes.get(key) if key else None
         try:

@@ -37,6 +37,7 @@ from bridge.ncco.models import (
     parse_ncco,
     parse_ncco_bytes,
 )
+from bridge.timeline import RECORDER
 from bridge.webhooks import (
     FallbackResult,
     ParseError,
@@ -231,6 +232,8 @@ class CallSession:
     def error(self, reason: str) -> None:
         """Tell the application what went wrong, naming the cause (and field)."""
         self.log.warning("call.error", reason=reason)
+        if RECORDER.on:
+            RECORDER.note(self.uuid, "error", reason)
         if self.app.event_url is None:
             return
         payload = ev.error_event(
@@ -321,6 +324,9 @@ class CallSession:
     # ------------------------------------------------------------------ main task
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(call_uuid=self.uuid)
+        if RECORDER.on:
+            RECORDER.call_started(self.uuid, self.channel_id, self.record.from_number,
+                                  self.record.to_number, self.app.id, self.direction)
         try:
             if self.outbound is not None and not self._resumed:
                 self._begin(await self._dial_out(self.outbound))
@@ -501,6 +507,8 @@ class CallSession:
         if action.NEEDS_MEDIA:
             await self.ensure_answered()
         self.log.debug("action.start", action=action.action, position=self.position)
+        if RECORDER.on:
+            RECORDER.action_started(self.uuid, action.action, self.position, action)
         metrics.NCCO_ACTIONS.labels(action=action.action).inc()
         self._current = asyncio.create_task(runner(self, action), name=f"{action.action}")
         try:
@@ -514,6 +522,9 @@ class CallSession:
             self._current = None
         self.log.debug("action.end", action=action.action, position=self.position,
                       replaced=result is not None or self._pending_ncco is not None)
+        if RECORDER.on:
+            RECORDER.action_ended(self.uuid, action.action, self.position, self.gone.is_set(),
+                                  replaced=result is not None or self._pending_ncco is not None)
         return result
 
     def _accept_replacement(self, actions: list[Action]) -> bool:
@@ -585,6 +596,8 @@ class CallSession:
             return
         self.log.debug(f"{self.state.value} -[{event}]-> {new.value}")
         self.state = new
+        if RECORDER.on:
+            RECORDER.call_state(self.uuid, new.value, event, self.final_status, self.hangup_cause)
 
 
 def _playback_finished(playback_id: str) -> Callable[[Event], bool]:

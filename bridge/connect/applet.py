@@ -51,6 +51,7 @@ from bridge.dial.outcome import LegOutcome
 from bridge.media.errors import MediaError
 from bridge.media.voices import resolve_voice
 from bridge.ncco.models import Action, NccoError, parse_ncco_bytes
+from bridge.timeline import RECORDER
 from bridge.webhooks import ParseError, Timeouts, WebhookRequest, WebhookResponse
 
 if TYPE_CHECKING:
@@ -582,6 +583,8 @@ class AppletRun:
         if params.sticky_agent:
             await self.store.set_sticky(agent_key(self.caller), cand.key,
                                         self.engine.config.agents.sticky_ttl_s)
+            if RECORDER.on:
+                RECORDER.sticky(agent_key(self.caller), cand.key)
         try:
             if params.playback_type is not None:
                 await self._play_to_agent(leg, params)

@@ -21,6 +21,7 @@ from bridge.ari.errors import AriError
 from bridge.ari.gateway import AriGateway, Event, new_id
 from bridge.config import Config
 from bridge.dial.outcome import LegOutcome, outcome_from_cause
+from bridge.timeline import RECORDER
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +128,8 @@ class Leg:
             self._status("cancelled")
 
     def _status(self, status: str) -> None:
+        if RECORDER.on:
+            RECORDER.leg_status(self.channel_id, status)
         if self.on_status is not None:
             self.on_status(self, status)
 
@@ -187,6 +190,8 @@ class Dialer:
 
     async def _start(self, leg: Leg, ring_timeout_s: int) -> None:
         self.gateway.route(f"channel:{leg.channel_id}", leg.on_event)
+        if RECORDER.on:
+            RECORDER.leg_started(leg.uuid, leg.channel_id, leg.target.to)
         variables: dict[str, str] = {}
         if leg.target.caller_id:
             # PJSIP builds an outgoing INVITE's From from the channel's connected line (app_dial

@@ -39,6 +39,7 @@ import structlog
 from yarl import URL
 
 from bridge import __version__, metrics
+from bridge.timeline import RECORDER
 from bridge.webhooks.failures import RETRY_STATUSES, Attempt, classify_error, failure_reason
 from bridge.webhooks.messages import (
     JSON_NESTING_ERROR,
@@ -181,6 +182,8 @@ class WebhookClient:
             elapsed_ms=elapsed_ms,
             error=outcome.error,
         )
+        if RECORDER.on:
+            RECORDER.webhook(req, resp, kind, signed=signer is not None)
         (log.debug if resp.ok else log.warning)(
             "webhook request",
             method=req.method,

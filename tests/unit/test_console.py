@@ -1,0 +1,124 @@
+"""The console's routes and their authentication, served by a real aiohttp server (the call
+engine is absent here; the integration tests run the console against real calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from bridge.config import ConfigError, load_config
+from bridge.console import register_console
+from bridge.timeline import RECORDER
+
+TOKEN = "console-token-0123456789"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def serve(console: dict[str, Any]) -> TestServer:
+    app = web.Application()
+    register_console(app, load_config(None, environ={}, overrides={"console": console}),
+                     lambda: None, lambda: None)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+@pytest.fixture
+async def console() -> AsyncIterator[TestServer]:
+    server = await serve({"enabled": True, "token": TOKEN, "users": {"ops": "pw-ops-1"}})
+    yield server
+    await server.close()
+
+
+@pytest.mark.parametrize("path", ["/console", "/v1/console/state", "/v1/console/calls",
+                                  "/v1/console/events", "/v1/console/calls/x"])
+async def test_without_credentials_every_console_route_answers_401(console, path):
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
+                        {"Authorization": basic("ops", "wrong")},
+                        {"Authorization": basic("nobody", "pw-ops-1")}):
+            async with http.get(console.make_url(path), headers=headers) as resp:
+                assert resp.status == 401
+                assert resp.headers["WWW-Authenticate"].startswith("Basic realm=")
+
+
+async def test_a_token_or_a_user_opens_the_console(console):
+    async with aiohttp.ClientSession() as http:
+        for kwargs in ({"headers": {"Authorization": f"Bearer {TOKEN}"}},
+                       {"params": {"token": TOKEN}},
+                       {"headers": {"Authorization": basic("ops", "pw-ops-1")}}):
+            async with http.get(console.make_url("/v1/console/state"), **kwargs) as resp:
+                assert resp.status == 200
+                state = await resp.json()
+                assert set(state) >= {"ari", "calls", "ended", "agents", "webhooks"}
+        async with http.get(console.make_url("/console"), params={"token": TOKEN}) as resp:
+            assert resp.status == 200
+            page = await resp.text()
+            assert "<script>" in page and "EventSource" in page
+            assert "http://" not in page and "https://" not in page  # nothing from elsewhere
+
+
+async def test_the_event_stream_starts_with_the_whole_state(console):
+    contextvars.copy_context().run(  # as a session's own task would
+        RECORDER.call_started, "c1", "ch1", "15550001111", "15550002222", "main", "inbound")
+    async with aiohttp.ClientSession() as http, http.get(
+            console.make_url("/v1/console/events"), params={"token": TOKEN}) as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert (await resp.content.readline()) == b"event: state\n"
+        data = (await resp.content.readline()).decode()
+        state = json.loads(data.removeprefix("data: "))
+        assert [c["uuid"] for c in state["calls"]] == ["c1"]
+
+
+async def test_a_disabled_console_has_no_routes():
+    server = await serve({})
+    try:
+        assert RECORDER.on is False
+        async with aiohttp.ClientSession() as http:
+            for path in ("/console", "/v1/console/state"):
+                async with http.get(server.make_url(path), params={"token": TOKEN}) as resp:
+                    assert resp.status == 404
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize(("console", "message"), [
+    ({"enabled": True}, "needs console.token or console.users"),
+    ({"enabled": True, "token": "short"}, "at least 16 characters"),
+    ({"enabled": True, "users": {"ops": ""}}, "must not be empty"),
+])
+def test_an_unusable_console_configuration_fails_at_start(console, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, environ={}, overrides={"console": console})
+
+
+def test_the_token_may_come_from_the_environment():
+    config = load_config(None, environ={"ARI_BRIDGE_CONSOLE__ENABLED": "true",
+                                        "ARI_BRIDGE_CONSOLE__TOKEN": TOKEN})
+    assert config.console.enabled
+    assert config.console.token is not None
+    assert config.console.token.get_secret_value() == TOKEN
+
+
+async def test_stopping_the_server_ends_open_event_streams():
+    server = await serve({"enabled": True, "token": TOKEN})
+    async with aiohttp.ClientSession() as http, http.get(
+            server.make_url("/v1/console/events"), params={"token": TOKEN}) as resp:
+        assert (await resp.content.readline()) == b"event: state\n"
+        # Without the close signal the server would wait for the stream's handler to end.
+        await asyncio.wait_for(server.close(), 30)
+        rest = await asyncio.wait_for(resp.content.read(), 30)
+        assert b"event: update" not in rest
+    assert RECORDER.on is False
