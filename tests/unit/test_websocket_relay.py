@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import struct
+from types import SimpleNamespace
+from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -13,6 +18,8 @@ from bridge.media.websocket_relay import (
     RtpPeer,
     StreamResampler,
     first_message,
+    open_rtp,
+    relay,
     swap16,
 )
 
@@ -108,3 +115,53 @@ def test_first_message_carries_content_type_and_headers() -> None:
     message = json.loads(first_message("audio/l16;rate=16000", {"whatever": "metadata"}))
     assert message == {"event": "websocket:connected", "content-type": "audio/l16;rate=16000",
                        "whatever": "metadata"}
+
+
+class OneBurstSocket:
+    """An application that sends ``data`` in one message, then stays connected silently."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent: list[bytes] = []
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def __aiter__(self) -> OneBurstSocket:
+        self._given = False
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._given:
+            self._given = True
+            return SimpleNamespace(type=aiohttp.WSMsgType.BINARY, data=self.data)
+        await asyncio.Event().wait()
+
+
+async def test_a_burst_from_the_application_reaches_the_call_as_one_continuous_rtp_stream() -> None:
+    """Half a second sent at once leaves as consecutive 20 ms RTP packets: sequence numbers
+    one apart, timestamps 160 samples apart, every payload 160 samples of slin."""
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Asterisk(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            arrived.put_nowait(data)
+
+    asterisk, _ = await loop.create_datagram_endpoint(Asterisk, local_addr=("127.0.0.1", 0))
+    peer = await open_rtp(16000)
+    peer.remote = asterisk.get_extra_info("sockname")
+    socket = OneBurstSocket(tone(1000, 16000, 0.5))
+    pump = asyncio.ensure_future(relay(socket, peer, 640))  # type: ignore[arg-type]
+    try:
+        packets = [await asyncio.wait_for(arrived.get(), 5) for _ in range(20)]
+    finally:
+        pump.cancel()
+        assert peer.transport is not None
+        peer.transport.close()
+        asterisk.close()
+    seqs = [struct.unpack("!H", p[2:4])[0] for p in packets]
+    stamps = [struct.unpack("!I", p[4:8])[0] for p in packets]
+    assert [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)] == [1] * 19
+    assert [(b - a) & 0xFFFFFFFF for a, b in itertools.pairwise(stamps)] == [160] * 19
+    assert {len(p) - 12 for p in packets} == {320}
