@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.lab import render, rootfs
 from bridge.lab._model import (
     LabError,
     LabInfo,
@@ -39,6 +38,9 @@ from bridge.lab._model import (
     wait_for_ari,
     write_credentials,
 )
+from bridge.lab.layout import LABS_DIR, STAMP_NAME
+from bridge.lab.render import ARI_USERNAME, lab_overrides, render_config
+from bridge.lab.rootfs import ensure_rootfs
 
 IMAGE_TAG = "ari-bridge-asterisk:lab"
 DOCKERFILE = "docker/asterisk.Dockerfile"
@@ -103,7 +105,7 @@ def ensure_base_image(c: Any, opts: LabOptions, progress: Callable[[str], None])
     except errors.APIError as exc:
         reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
     local = f"{LOCAL_BASE_REPO}:{opts.suite}"
-    tree = rootfs.ensure_rootfs(opts, progress)
+    tree = ensure_rootfs(opts, progress)
     stamp = _rootfs_stamp(tree)
     try:
         env = c.images.get(local).attrs.get("Config", {}).get("Env") or []
@@ -123,7 +125,7 @@ def ensure_base_image(c: Any, opts: LabOptions, progress: Callable[[str], None])
 
 def _rootfs_stamp(tree: Path) -> str:
     try:
-        data = json.loads((tree / rootfs.STAMP_NAME).read_text())
+        data = json.loads((tree / STAMP_NAME).read_text())
     except (OSError, ValueError):
         return "unknown"
     return str(data.get("built_at", "unknown")) if isinstance(data, dict) else "unknown"
@@ -135,7 +137,7 @@ def import_tree(c: Any, tree: Path, name: str, changes: list[str]) -> None:
     repository, _, tag = name.partition(":")
     proc = subprocess.Popen(
         ["tar", "-C", str(tree), "--numeric-owner",
-         f"--exclude=.{rootfs.LABS_DIR}/*", f"--exclude=./{rootfs.STAMP_NAME}", "-c", "."],
+         f"--exclude=.{LABS_DIR}/*", f"--exclude=./{STAMP_NAME}", "-c", "."],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None and proc.stderr is not None
     try:
@@ -220,10 +222,10 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     state_dir.mkdir(parents=True, exist_ok=True)
     password = password_for(state_dir)
     etc = state_dir / "docker-etc"
-    render.render_config(
+    render_config(
         config_dir,
         etc,
-        render.lab_overrides(
+        lab_overrides(
             ari_port=opts.ari_port,
             sip_port=opts.sip_port,
             rtp_start=opts.rtp_start,
@@ -264,7 +266,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     progress(f"Asterisk {version} ready in {name}; ARI credentials in {creds}")
     info = LabInfo(
         ari_url=ari_url,
-        ari_username=render.ARI_USERNAME,
+        ari_username=ARI_USERNAME,
         ari_password=password,
         credentials_file=creds,
         sip_host="127.0.0.1",

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bridge.lab import render
 from bridge.lab._model import (
     LOG_NAME,
     PID_NAME,
@@ -41,21 +40,9 @@ from bridge.lab._model import (
     wait_for_ari,
     write_credentials,
 )
+from bridge.lab.layout import LABS_DIR, PACKAGES, ROOTFS_LAYOUT, STAMP_NAME
+from bridge.lab.render import ARI_USERNAME, INSTANCE_DIR_KEYS, lab_overrides, render_config
 
-#: Debian packages installed into the root filesystem.
-PACKAGES = (
-    "asterisk",
-    "asterisk-modules",
-    "asterisk-core-sounds-en-wav",
-    "asterisk-moh-opsound-wav",
-    "asterisk-mp3",
-)
-#: Bump when the tree's layout or package set changes, to force a rebuild.
-ROOTFS_LAYOUT = 1
-#: Completion stamp written into the tree before it is renamed into place.
-STAMP_NAME = ".ari-bridge-rootfs.json"
-#: Parent of the instance directories, as seen inside the tree.
-LABS_DIR = "/srv/ari-bridge-labs"
 ASTERISK = "/usr/sbin/asterisk"
 #: File in each instance directory naming its state directory.
 OWNER_NAME = "state-dir"
@@ -314,7 +301,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     state_dir.mkdir(parents=True, exist_ok=True)
     inner, host_dir = _instance_paths(opts, root)
     _prune_instances(host_dir.parent)
-    for sub in render.INSTANCE_DIR_KEYS.values():
+    for sub in INSTANCE_DIR_KEYS.values():
         (host_dir / sub).mkdir(parents=True, exist_ok=True)
     # ARI recordings (record, speech input) are written under <spool>/recording, which
     # Asterisk does not create: without it every recording fails with ENOENT.
@@ -325,10 +312,10 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
         if stale.is_file() or stale.is_socket():
             stale.unlink()
     password = password_for(state_dir)
-    render.render_config(
+    render_config(
         config_dir,
         host_dir / "etc",
-        render.lab_overrides(
+        lab_overrides(
             ari_port=opts.ari_port,
             sip_port=opts.sip_port,
             rtp_start=opts.rtp_start,
@@ -385,7 +372,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     progress(f"Asterisk {version} ready (pid {proc.pid}); ARI credentials in {creds}")
     info = LabInfo(
         ari_url=ari_url,
-        ari_username=render.ARI_USERNAME,
+        ari_username=ARI_USERNAME,
         ari_password=password,
         credentials_file=creds,
         sip_host="127.0.0.1",
