@@ -216,8 +216,9 @@ class Bench:
         config_file = self.work / "bridge.yaml"
         config_file.write_text(json.dumps(config, indent=2) + "\n")  # JSON is valid YAML
         bridge_bin = Path(sys.executable).with_name("ari-bridge")
+        extra = dict(item.split("=", 1) for item in self.args.bridge_env)
         self._spawn("bridge", [str(bridge_bin), "serve", "--config", str(config_file)],
-                    self.env_creds)
+                    {**self.env_creds, **extra})
         self._wait_http(f"http://127.0.0.1:{self.bridge_port}/healthz", "bridge")
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str]) -> None:
@@ -589,6 +590,7 @@ class Bench:
                              - cpu["dialplan"].get("asterisk", math.nan))
         return {
             "rate": self.args.quick_rate,
+            "bridge_env": self.args.bridge_env,
             "step_seconds": self.args.step_seconds,
             "cpu_ms_per_call": cpu,
             "bridge_ari_requests_per_call": ari_per_call,
@@ -804,6 +806,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only one --quick-rate step of each variant (under 2 minutes); "
                              "prints the CPU per call of each process as JSON")
     parser.add_argument("--quick-rate", type=float, default=50.0)
+    parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the bridge, e.g. "
+                             "ARI_BRIDGE_ARI__REST_TRANSPORT=http (repeatable)")
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if os.geteuid() != 0:
