@@ -28,18 +28,11 @@ import structlog
 from bridge.agents.tracking import track_call
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.calls import events as ev
-from bridge.dial.dialer import STASIS_WAIT_S, DialTarget, Leg, NoRoute, detect_machine
+from bridge.ari.waits import playback_finished
+from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
 from bridge.dial.join import join_until_one_leaves
 from bridge.dial.outcome import LegOutcome
 from bridge.media import MediaError, resolve_voice
-from bridge.media.websocket_relay import (
-    ASTERISK_FORMAT,
-    RtpPeer,
-    first_message,
-    open_rtp,
-    relay,
-)
 from bridge.ncco.models import (
     Action,
     Connect,
@@ -50,12 +43,14 @@ from bridge.ncco.models import (
     Talk,
     Wait,
     WebsocketEndpoint,
-    parse_ncco_bytes,
 )
-from bridge.webhooks import ParseError, WebhookRequest, WebhookResponse
+from bridge.ncco.replies import reply_ncco
+from bridge.ncco.websocket_leg import WebsocketLeg
+from bridge.webhooks import WebhookRequest
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +82,7 @@ _CALLEE_ENDED = frozenset({LegOutcome.BUSY.value, LegOutcome.REJECTED.value,
 class LegEvents:
     """Status events of the callee leg, each sent once, in order."""
 
-    def __init__(self, call: CallSession, action: Connect, leg_uuid: str, to: str,
+    def __init__(self, call: CallContext, action: Connect, leg_uuid: str, to: str,
                  from_: str) -> None:
         self.call = call
         self.url = action.event_url[0] if action.event_url else call.app.event_url
@@ -156,22 +151,22 @@ class LegEvents:
         if orphaned:
             with contextlib.suppress(AriError):
                 await asyncio.shield(self.call.gateway.hangup(self.leg.channel_id))
-        self.call.engine.dialer.release(self.leg)
+        self.call.services.dialer.release(self.leg)
 
 
-def _caller_id(call: CallSession, action: Connect) -> str:
+def _caller_id(call: CallContext, action: Connect) -> str:
     """``from``, or with randomFromNumber one of the application's own numbers, or the number
     the call came in on."""
     if action.random_from_number:
-        pool = call.engine.config.numbers_of(call.app.id)
+        pool = call.services.config.numbers_of(call.app.id)
         if pool:
             return random.choice(pool)
-    return action.from_ or call.record.to_number
+    return action.from_ or call.to_number
 
 
-def _target(call: CallSession, action: Connect, leg_uuid: str, caller_id: str) -> DialTarget:
+def _target(call: CallContext, action: Connect, leg_uuid: str, caller_id: str) -> DialTarget:
     endpoint = action.endpoint[0]
-    dialer = call.engine.dialer
+    dialer = call.services.dialer
     if isinstance(endpoint, PhoneEndpoint):
         return DialTarget(leg_uuid, dialer.phone_endpoint(endpoint.number), endpoint.number,
                           caller_id)
@@ -183,7 +178,7 @@ def _target(call: CallSession, action: Connect, leg_uuid: str, caller_id: str) -
                       headers)
 
 
-async def run(call: CallSession, action: Connect) -> list[Action] | None:
+async def run(call: CallContext, action: Connect) -> list[Action] | None:
     leg_uuid = str(uuidlib.uuid4())
     endpoint = action.endpoint[0]
     to = endpoint.number if isinstance(endpoint, PhoneEndpoint) else endpoint.uri  # type: ignore[union-attr]
@@ -198,7 +193,7 @@ async def run(call: CallSession, action: Connect) -> list[Action] | None:
         await events.close()
 
 
-async def _run_leg(call: CallSession, action: Connect, events: LegEvents, leg_uuid: str,
+async def _run_leg(call: CallContext, action: Connect, events: LegEvents, leg_uuid: str,
                    caller_id: str) -> list[Action] | None:
     endpoint = action.endpoint[0]
     if isinstance(endpoint, WebsocketEndpoint):
@@ -211,13 +206,13 @@ async def _run_leg(call: CallSession, action: Connect, events: LegEvents, leg_uu
 
     ringback = await _start_ringback(call, _ringback_url(action))
     try:
-        winner, legs = await call.engine.dialer.dial(
+        winner, legs = await call.services.dialer.dial(
             [target], action.timeout, events.on_leg_status)
     finally:
         await _stop_ringback(call, ringback)
     leg = legs[0]
     if winner is None:
-        call.engine.dialer.release(leg)
+        call.services.dialer.release(leg)
         outcome = leg.outcome or LegOutcome.FAILED
         if outcome is LegOutcome.CANCELLED:
             events.send("cancelled")
@@ -227,7 +222,7 @@ async def _run_leg(call: CallSession, action: Connect, events: LegEvents, leg_uu
     return None
 
 
-async def _failed(call: CallSession, action: Connect, events: LegEvents,
+async def _failed(call: CallContext, action: Connect, events: LegEvents,
                   outcome: LegOutcome) -> list[Action] | None:
     status = outcome.value
     if action.event_type == "synchronous" and outcome.is_failure and events.url is not None:
@@ -246,7 +241,7 @@ def _ringback_url(action: Connect) -> str | None:
     return action.ringback_tone
 
 
-async def _start_ringback(call: CallSession, url: str | None) -> str | None:
+async def _start_ringback(call: CallContext, url: str | None) -> str | None:
     """The caller hears ringing while the callee rings: SIP 180 before answer, a tone after,
     or the application's own ringbackTone (which needs media, so the caller is answered)."""
     media = ["tone:ring"]
@@ -255,7 +250,7 @@ async def _start_ringback(call: CallSession, url: str | None) -> str | None:
             item = await call.media.fetch(url)
             # Repeated in one playback (stopped when the callee answers): ten copies keep the
             # request short and cover most ringing; after that the caller hears silence.
-            media = [call.engine.media_uri(item.media_id)] * 10
+            media = [call.services.media_uri(item.media_id)] * 10
             await call.ensure_answered()
         except MediaError as exc:
             call.error(f"connect: ringbackTone {url} cannot be played: {exc.cause}; "
@@ -271,21 +266,21 @@ async def _start_ringback(call: CallSession, url: str | None) -> str | None:
     return None
 
 
-async def _stop_ringback(call: CallSession, playback_id: str | None) -> None:
+async def _stop_ringback(call: CallContext, playback_id: str | None) -> None:
     if playback_id is not None:
         with contextlib.suppress(AriError):
             await asyncio.shield(call.gateway.stop_playback(playback_id))
 
 
-async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEvents) -> None:
+async def _converse(call: CallContext, action: Connect, leg: Leg, events: LegEvents) -> None:
     """Join caller and callee until one of them hangs up or the limit is reached."""
     gateway = call.gateway
     bridge_id = new_id()
     answered = events.answered_at or datetime.now(UTC)
-    agents = call.engine.config.agents
+    agents = call.services.config.agents
     if agents.track_all_calls:
         # The callee is an agent on a call through the bridge: busy for Connect applets.
-        call.spawn(track_call(call.engine.agents, leg.target.to, f"leg:{leg.uuid}",
+        call.run_beside(track_call(call.services.agents, leg.target.to, f"leg:{leg.uuid}",
                               agents.lease_s, leg.ended), "busy-tracking")
     try:
         if action.machine_detection is not None:
@@ -321,10 +316,10 @@ async def _converse(call: CallSession, action: Connect, leg: Leg, events: LegEve
         by = "user" if leg.ended.is_set() and not call.gone.is_set() else "platform"
         await asyncio.shield(_tear_down(call, leg, bridge_id))
         events.send("completed", **ev.completed_extra(answered, answered, datetime.now(UTC), by))
-        call.engine.dialer.release(leg)
+        call.services.dialer.release(leg)
 
 
-async def _tear_down(call: CallSession, leg: Leg, bridge_id: str) -> None:
+async def _tear_down(call: CallContext, leg: Leg, bridge_id: str) -> None:
     gateway = call.gateway
     if not leg.ended.is_set():
         await gateway.hangup(leg.channel_id)
@@ -334,87 +329,67 @@ async def _tear_down(call: CallSession, leg: Leg, bridge_id: str) -> None:
         await gateway.destroy_bridge(bridge_id)
 
 
-async def _connect_websocket(call: CallSession, action: Connect, endpoint: WebsocketEndpoint,
+async def _connect_websocket(call: CallContext, action: Connect, endpoint: WebsocketEndpoint,
                              events: LegEvents) -> list[Action] | None:
     """Relay the caller's audio to and from the application's WebSocket until either ends."""
-    rate = int(endpoint.content_type.rsplit("rate=", 1)[1])
-    frame_bytes = rate * 2 // 50  # 20 ms of 16-bit samples
     gateway = call.gateway
-    async with aiohttp.ClientSession() as http:
-        try:
-            ws = await http.ws_connect(endpoint.uri, timeout=aiohttp.ClientWSTimeout(ws_close=5),
-                                       max_msg_size=1 << 20)
-        except (aiohttp.ClientError, OSError) as exc:
-            call.error(f"connect: websocket {endpoint.uri} unreachable: {exc}")
-            return await _failed(call, action, events, LegOutcome.FAILED)
-        peer = await open_rtp(rate)
-        media_channel = new_id()
-        bridge_id = new_id()
-        in_stasis = asyncio.Event()
+    leg = WebsocketLeg(gateway, endpoint, new_id())
+    try:
+        await leg.connect(close_timeout_s=5)
+    except (aiohttp.ClientError, OSError) as exc:
+        call.error(f"connect: websocket {endpoint.uri} unreachable: {exc}")
+        return await _failed(call, action, events, LegOutcome.FAILED)
+    bridge_id = new_id()
+    in_stasis = asyncio.Event()
 
-        def on_media_event(event: dict[str, Any]) -> None:
-            if event.get("type") == "StasisStart":
-                in_stasis.set()
+    def on_media_event(event: dict[str, Any]) -> None:
+        if event.get("type") == "StasisStart":
+            in_stasis.set()
 
-        gateway.route(f"channel:{media_channel}", on_media_event)
-        answered = datetime.now(UTC)
+    gateway.route(f"channel:{leg.channel_id}", on_media_event)
+    answered = datetime.now(UTC)
+    try:
+        # Like a created channel, the media channel joins our application a moment after
+        # the request returns; adding it to a bridge before that gets 422.
+        await leg.start_media(in_stasis.wait(), before_media=call.ensure_answered)
+        events.send("answered")
+        await gateway.create_bridge(bridge_id, "mixing", f"websocket-{call.uuid}")
+        await gateway.add_to_bridge(bridge_id, call.channel_id)
+        await gateway.add_to_bridge(bridge_id, leg.channel_id)
+        pump = asyncio.ensure_future(leg.relay())
+        ended = asyncio.ensure_future(call.gone.wait())
         try:
-            await ws.send_str(first_message(endpoint.content_type, endpoint.headers))
-            await call.ensure_answered()
-            host, port = await gateway.external_media(
-                media_channel, f"127.0.0.1:{_local_port(peer)}", ASTERISK_FORMAT)
-            peer.remote = (host, port)
-            # Like a created channel, the media channel joins our application a moment after
-            # the request returns; adding it to a bridge before that gets 422.
-            await asyncio.wait_for(in_stasis.wait(), STASIS_WAIT_S)
-            events.send("answered")
-            await gateway.create_bridge(bridge_id, "mixing", f"websocket-{call.uuid}")
-            await gateway.add_to_bridge(bridge_id, call.channel_id)
-            await gateway.add_to_bridge(bridge_id, media_channel)
-            pump = asyncio.ensure_future(relay(ws, peer, frame_bytes))
-            ended = asyncio.ensure_future(call.gone.wait())
-            try:
-                await asyncio.wait([pump, ended], timeout=action.limit,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                pump.cancel()
-                ended.cancel()
-        except TimeoutError:
-            call.error("connect: Asterisk's media channel for the websocket did not start")
+            await asyncio.wait([pump, ended], timeout=action.limit,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await asyncio.shield(_close_websocket(call, ws, media_channel, bridge_id))
-            if peer.transport is not None:
-                peer.transport.close()
-            gateway.unroute(f"channel:{media_channel}")
-            by = "platform" if call.gone.is_set() else "user"
-            events.send("completed",
-                        **ev.completed_extra(answered, answered, datetime.now(UTC), by))
+            pump.cancel()
+            ended.cancel()
+    except TimeoutError:
+        call.error("connect: Asterisk's media channel for the websocket did not start")
+    finally:
+        await asyncio.shield(_close_websocket(call, leg, bridge_id))
+        gateway.unroute(f"channel:{leg.channel_id}")
+        by = "platform" if call.gone.is_set() else "user"
+        events.send("completed",
+                    **ev.completed_extra(answered, answered, datetime.now(UTC), by))
     return None
 
 
-def _local_port(peer: RtpPeer) -> int:
-    assert peer.transport is not None
-    return int(peer.transport.get_extra_info("sockname")[1])
-
-
-async def _close_websocket(call: CallSession, ws: aiohttp.ClientWebSocketResponse,
-                           media_channel: str, bridge_id: str) -> None:
-    with contextlib.suppress(Exception):
-        await ws.close()
-    await call.gateway.hangup(media_channel)
+async def _close_websocket(call: CallContext, leg: WebsocketLeg, bridge_id: str) -> None:
+    await leg.close()
     if not call.gone.is_set():
         await call.gateway.remove_from_bridge(bridge_id, call.channel_id)
     with contextlib.suppress(AriError):
         await call.gateway.destroy_bridge(bridge_id)
 
 
-async def _on_answer(call: CallSession, leg: Leg, url: str, events: LegEvents) -> None:
+async def _on_answer(call: CallContext, leg: Leg, url: str, events: LegEvents) -> None:
     """The callee hears the onAnswer NCCO (talk, stream, wait) before being joined."""
     params = {"uuid": leg.uuid, "conversation_uuid": call.conversation_uuid,
               "to": leg.target.to, "from": events.from_}
-    result = await call.engine.webhooks.send_with_fallback(
-        WebhookRequest(url=url, method="GET", data=params), None, _ncco,
-        call.engine.timeouts(call.app, event=False), call.engine.signer(call.app))
+    result = await call.services.webhooks.send_with_fallback(
+        WebhookRequest(url=url, method="GET", data=params), None, reply_ncco,
+        call.services.timeouts(call.app, event=False), call.services.signer(call.app))
     if result.value is None:
         call.error(f"connect: onAnswer {url} failed: {result.error}; joining without it")
         return
@@ -438,38 +413,19 @@ async def _on_answer(call: CallSession, leg: Leg, url: str, events: LegEvents) -
         except (MediaError, ValueError) as exc:
             call.error(f"connect: onAnswer [{index}]: {exc}")
             continue
-        uri = call.engine.media_uri(item.media_id)
+        uri = call.services.media_uri(item.media_id)
         loops = max(getattr(step, "loop", 1), 1)
         await _play_to_leg(call, leg, [uri] * loops, item.duration_s * loops)
 
 
-async def _play_to_leg(call: CallSession, leg: Leg, media: list[str], duration_s: float) -> None:
+async def _play_to_leg(call: CallContext, leg: Leg, media: list[str], duration_s: float) -> None:
     playback_id = new_id()
-    finished: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def watch(event: dict[str, Any]) -> None:
-        if (event.get("type") == "PlaybackFinished"
-                and event.get("playback", {}).get("id") == playback_id
-                and not finished.done()):
-            finished.set_result(None)
-
-    leg.listeners.append(watch)  # subscribe before asking
+    finished = leg.waits.expect(playback_finished(playback_id))  # subscribe before asking
     try:
         await call.gateway.play(leg.channel_id, media, playback_id)
-        ended: asyncio.Future[Any] = asyncio.ensure_future(leg.ended.wait())
-        try:
-            await asyncio.wait([finished, ended], timeout=duration_s + 15,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
+        # Resolves at the end of the playback, or HANGUP when the leg ends first.
+        await finished.wait(duration_s + 15)
     except AriError as exc:
         call.error(f"connect: onAnswer playback failed: {exc}")
     finally:
-        leg.listeners.remove(watch)
-
-
-def _ncco(response: WebhookResponse) -> list[Action]:
-    try:
-        return parse_ncco_bytes(response.body)
-    except NccoError as exc:
-        raise ParseError(f"invalid NCCO: {exc}") from None
+        leg.waits.cancel(finished)

@@ -1,4 +1,4 @@
-"""The Connect applet, run inside the caller's CallSession as an internal action.
+"""The Connect applet, run inside the caller's CallContext as an internal action.
 
 1. Ask the Primary URL (GET, Exotel's query parameters); on the dialect's failure rules ask the
    Fallback URL; if both fail, "nobody was dialled".
@@ -21,10 +21,9 @@ import asyncio
 import contextlib
 import time
 import uuid as uuidlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import structlog
 from pydantic import BaseModel
@@ -34,9 +33,12 @@ from bridge.agents.leases import HeldAgents
 from bridge.agents.store import agent_key
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.calls import events as ev
+from bridge.ari.waits import playback_finished
 from bridge.config import AppletTransition, ConnectAppletConfig
-from bridge.connect.params import (
+from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.dial.join import join_until_one_leaves
+from bridge.dial.outcome import LegOutcome
+from bridge.exotel.params import (
     EXOTEL_VERSION,
     AppletParams,
     contact_kind,
@@ -44,17 +46,16 @@ from bridge.connect.params import (
     parse_json,
     request_params,
 )
-from bridge.connect.recording import ConversationRecording
-from bridge.dial.dialer import DialTarget, Leg, NoRoute
-from bridge.dial.join import join_until_one_leaves
-from bridge.dial.outcome import LegOutcome
+from bridge.exotel.recording import ConversationRecording
 from bridge.media.errors import MediaError
 from bridge.media.voices import resolve_voice
-from bridge.ncco.models import Action, NccoError, parse_ncco_bytes
+from bridge.ncco.models import Action, NccoError
+from bridge.ncco.replies import reply_ncco
 from bridge.webhooks import ParseError, Timeouts, WebhookRequest, WebhookResponse
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 log = structlog.get_logger(__name__)
 
@@ -67,17 +68,16 @@ MAX_ATTEMPTS = 200
 PLAYBACK_MARGIN_S = 10.0
 
 
+#: The name of the internal action that runs an applet (never accepted in an NCCO).
+ACTION = "exotel_connect"
+
+
 class ExotelConnect(BaseModel):
     """Internal action: the applet configured for inbound ``number``. Never in an NCCO."""
 
     action: Literal["exotel_connect"] = "exotel_connect"
     number: str
     NEEDS_MEDIA: ClassVar[bool] = False
-
-
-def _playback_finished(playback_id: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda e: (e.get("type") == "PlaybackFinished"
-                      and e.get("playback", {}).get("id") == playback_id)
 
 
 def dial_call_status(outcomes: list[LegOutcome]) -> str:
@@ -121,8 +121,8 @@ class Candidate:
     endpoint: str
 
 
-async def run(call: CallSession, action: ExotelConnect) -> list[Action] | None:
-    applet = call.engine.config.applet_for_number(action.number)
+async def run(call: CallContext, action: ExotelConnect) -> list[Action] | None:
+    applet = call.services.config.applet_for_number(action.number)
     if applet is None:
         call.error(f"no Connect applet is configured for {action.number}")
         return None
@@ -132,16 +132,16 @@ async def run(call: CallSession, action: ExotelConnect) -> list[Action] | None:
 
 
 class AppletRun:
-    def __init__(self, call: CallSession, applet: ConnectAppletConfig) -> None:
+    def __init__(self, call: CallContext, applet: ConnectAppletConfig) -> None:
         self.call = call
         self.applet = applet
-        self.engine = call.engine
-        self.store = call.engine.agents
-        self.lease_s = call.engine.config.agents.lease_s
+        self.services = call.services
+        self.store = call.services.agents
+        self.lease_s = call.services.config.agents.lease_s
         self.held = HeldAgents(self.store, f"applet:{call.uuid}", self.lease_s)
         self.call_sid = call.uuid.replace("-", "")
-        self.caller = call.record.from_number
-        self.called = call.record.to_number
+        self.caller = call.from_number
+        self.called = call.to_number
         self.created = call.started
         self.digits: str | None = None
         self.fetches = 0
@@ -156,11 +156,11 @@ class AppletRun:
         self._hold_playback: str | None = None
         self._hold_moh = False
         self._hold_task: asyncio.Task[None] | None = None
-        self.log = call.log.bind(applet=call.record.to_number)
+        self.log = call.log.bind(applet=call.to_number)
 
     # ------------------------------------------------------------------ the flow
     async def execute(self) -> Outcome:
-        refresher = self.call.spawn(self.held.refresh_forever(), "agent-leases")
+        refresher = self.call.run_beside(self.held.refresh_forever(), "agent-leases")
         try:
             return await self._flow()
         finally:
@@ -282,7 +282,7 @@ class AppletRun:
         timeouts = Timeouts(connect_ms=int(min(1.0, limit) * 1000), read_ms=int(limit * 1000))
         try:
             async with asyncio.timeout(limit):
-                response = await self.engine.webhooks.send(request, timeouts, kind="exotel")
+                response = await self.services.webhooks.send(request, timeouts, kind="exotel")
         except TimeoutError:
             # send() was cancelled before it could count this failure.
             metrics.WEBHOOK_FAILURES.labels(kind="exotel", reason="timeout").inc()
@@ -318,7 +318,7 @@ class AppletRun:
         if kind is None:
             return INVALID_FORMAT
         key = agent_key(contact)
-        dialer = self.engine.dialer
+        dialer = self.services.dialer
         if kind == "phone":
             try:
                 endpoint = dialer.phone_endpoint(contact)
@@ -330,7 +330,7 @@ class AppletRun:
             # A device registered to this Asterisk: sip:<endpoint name>.
             name = contact[4:]
             try:
-                state = await self.engine.gateway.endpoint_state("PJSIP", name)
+                state = await self.services.gateway.endpoint_state("PJSIP", name)
             except AriError as exc:
                 return f"device state unknown ({exc.details})"
             if state is None:
@@ -376,7 +376,7 @@ class AppletRun:
             self.log.info("connect.caller_id_invalid",
                           outgoing_phone_number=params.invalid_outgoing_number)
         elif number:
-            config = self.engine.config
+            config = self.services.config
             mine = {agent_key(n) for n in (*config.numbers, *config.connect_applets,
                                            *config.agents.caller_ids) if n != "*"}
             if agent_key(number) in mine:
@@ -424,7 +424,7 @@ class AppletRun:
         try:
             # No caller channel: Asterisk would copy the caller's identity over the caller ID
             # chosen above (outgoing_phone_number or the number the call came in on).
-            winner, legs = await self.engine.dialer.dial(targets, ring_s, on_status)
+            winner, legs = await self.services.dialer.dial(targets, ring_s, on_status)
         except asyncio.CancelledError:
             # The caller hung up (or the call was transferred) while the agents rang: the
             # dialer has hung every leg up. Each agent's events still end with terminal, as
@@ -432,13 +432,13 @@ class AppletRun:
             for leg_uuid, cand in by_leg.items():
                 self._passthru(params, "terminal", cand.contact)
                 if leg_uuid in seen:
-                    self.engine.dialer.release(seen[leg_uuid])
+                    self.services.dialer.release(seen[leg_uuid])
             raise
         self.last_dialled = candidates[-1].contact if winner is None else winner.target.to
         for leg in legs:
             if leg is winner:
                 continue
-            self.engine.dialer.release(leg)
+            self.services.dialer.release(leg)
             self._passthru(params, "terminal", leg.target.to)
             await self.held.release(by_leg[leg.uuid].key)
         if winner is None:
@@ -479,7 +479,7 @@ class AppletRun:
         }
         # Its own order (a CRM's URL, not held up by an event_url outage), unsigned and
         # without the application's fallback, as Exotel sends it.
-        self.engine.events.post(f"{self.call.uuid}/passthru", self.call.app,
+        self.services.events.post(f"{self.call.uuid}/passthru", self.call.app,
                                 params.passthru_url, "POST", payload, plain=True)
 
     # ---------------------------------------------------------------- hold music
@@ -494,7 +494,7 @@ class AppletRun:
                 self._hold_moh = True
             elif params.moh_type == "custom_tone" and params.moh_url:
                 item = await self.call.media.fetch(params.moh_url)
-                uri = self.engine.media_uri(item.media_id)
+                uri = self.services.media_uri(item.media_id)
                 self._hold_task = asyncio.ensure_future(self._loop_media(uri, item.duration_s))
             else:
                 # operator_tone, or nothing asked: the ringback an operator plays.
@@ -509,7 +509,7 @@ class AppletRun:
         while not self.call.gone.is_set():
             playback_id = new_id()
             self._hold_playback = playback_id
-            finished = self.call.expect(_playback_finished(playback_id))
+            finished = self.call.expect(playback_finished(playback_id))
             try:
                 await self.call.gateway.play(self.call.channel_id, [uri] * copies, playback_id)
                 _, event = await finished.wait(duration_s * copies + PLAYBACK_MARGIN_S)
@@ -520,7 +520,7 @@ class AppletRun:
                 self.log.warning("connect.hold_music_failed", error=str(exc))
                 return
             finally:
-                self.call.forget(finished)
+                self.call.stop_waiting(finished)
 
     async def _stop_hold(self) -> None:
         gateway = self.call.gateway
@@ -551,18 +551,11 @@ class AppletRun:
             self.call.error(f"connect applet: start_call_playback failed: {exc}")
             return
         playback_id = new_id()
-        done = asyncio.Event()
-
-        def on_event(event: dict[str, Any]) -> None:
-            if (event.get("type") == "PlaybackFinished"
-                    and event.get("playback", {}).get("id") == playback_id):
-                done.set()
-
-        leg.listeners.append(on_event)
+        finished = leg.waits.expect(playback_finished(playback_id))  # subscribe before asking
         try:
-            uri = self.engine.media_uri(item.media_id)
+            uri = self.services.media_uri(item.media_id)
             await self.call.gateway.play(leg.channel_id, [uri], playback_id)
-            waits = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(leg.ended.wait()),
+            waits = [asyncio.ensure_future(finished.wait(None)),
                      asyncio.ensure_future(self.call.gone.wait())]
             try:
                 await asyncio.wait(waits, timeout=item.duration_s + PLAYBACK_MARGIN_S,
@@ -573,7 +566,7 @@ class AppletRun:
         except AriError as exc:
             self.log.warning("connect.playback_failed", error=str(exc))
         finally:
-            leg.listeners.remove(on_event)
+            leg.waits.cancel(finished)
 
     async def _converse(self, leg: Leg, cand: Candidate, params: AppletParams) -> None:
         """Join caller and agent until one hangs up or max_conversation_duration."""
@@ -581,7 +574,7 @@ class AppletRun:
         bridge_id = new_id()
         if params.sticky_agent:
             await self.store.set_sticky(agent_key(self.caller), cand.key,
-                                        self.engine.config.agents.sticky_ttl_s)
+                                        self.services.config.agents.sticky_ttl_s)
         try:
             if params.playback_type is not None:
                 await self._play_to_agent(leg, params)
@@ -602,7 +595,7 @@ class AppletRun:
             if self.recording is not None:
                 await asyncio.shield(self.recording.end())
             await asyncio.shield(self._tear_down(leg, bridge_id))
-            self.engine.dialer.release(leg)
+            self.services.dialer.release(leg)
 
     async def _tear_down(self, leg: Leg, bridge_id: str) -> None:
         gateway = self.call.gateway
@@ -627,15 +620,15 @@ class AppletRun:
             return None
         try:
             if chosen.ncco is not None:
-                return self.engine.parse(chosen.ncco)
+                return self.services.parse(chosen.ncco)
             assert chosen.url is not None
             if self.recording is not None:
                 await self.recording.wait_stored()  # so RecordingUrl can be sent
             data = self._params()
             data["Outcome"] = outcome
-            response = await self.engine.webhooks.send(
+            response = await self.services.webhooks.send(
                 WebhookRequest(url=chosen.url, method="GET", data=data),
-                self.engine.timeouts(self.call.app, event=False), kind="exotel")
+                self.services.timeouts(self.call.app, event=False), kind="exotel")
             return self._transition_ncco(response)
         except NccoError as exc:
             self.call.error(f"connect applet: {outcome} transition: invalid NCCO: {exc}")
@@ -646,6 +639,4 @@ class AppletRun:
     def _transition_ncco(self, response: WebhookResponse) -> list[Action]:
         if not response.ok:
             raise ParseError(f"{response.error or response.status}")
-        actions = parse_ncco_bytes(response.body)
-        self.engine.check_runnable(actions)
-        return actions
+        return reply_ncco(response, self.services.check_runnable)
