@@ -22,8 +22,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+import bridge.api.models as m
 from bridge import metrics
-from bridge.api import models as m
 from bridge.api.auth import AuthError, KeyRing, Principal
 from bridge.api.models import ApiError, bad_request
 from bridge.api.openapi import spec
