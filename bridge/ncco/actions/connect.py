@@ -30,7 +30,7 @@ from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
 from bridge.ari.waits import playback_finished
 from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
-from bridge.dial.join import join_until_one_leaves
+from bridge.dial.join import join_until_one_leaves, tear_down_join
 from bridge.dial.outcome import LegOutcome
 from bridge.media import MediaError, resolve_voice
 from bridge.ncco.models import (
@@ -314,19 +314,10 @@ async def _converse(call: CallContext, action: Connect, leg: Leg, events: LegEve
         # Who ended the conversation: the callee hung up first ("user"), or our side did (the
         # caller left, a limit, machine detection, a transfer or REST hangup: "platform").
         by = "user" if leg.ended.is_set() and not call.gone.is_set() else "platform"
-        await asyncio.shield(_tear_down(call, leg, bridge_id))
+        await asyncio.shield(tear_down_join(call.gateway, bridge_id, call.channel_id,
+                                            call.gone, leg))
         events.send("completed", **ev.completed_extra(answered, answered, datetime.now(UTC), by))
         call.services.dialer.release(leg)
-
-
-async def _tear_down(call: CallContext, leg: Leg, bridge_id: str) -> None:
-    gateway = call.gateway
-    if not leg.ended.is_set():
-        await gateway.hangup(leg.channel_id)
-    if not call.gone.is_set():
-        await gateway.remove_from_bridge(bridge_id, call.channel_id)
-    with contextlib.suppress(AriError):
-        await gateway.destroy_bridge(bridge_id)
 
 
 async def _connect_websocket(call: CallContext, action: Connect, endpoint: WebsocketEndpoint,
