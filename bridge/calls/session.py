@@ -20,22 +20,19 @@ import structlog
 
 from bridge import metrics
 from bridge.ari.errors import AriError, ChannelGone
-from bridge.ari.waits import Event, EventWaits, Predicate, Waiter, playback_finished
+from bridge.ari.waits import Event, EventWaits, Predicate, Waiter
+from bridge.calls.answers import ask_for_ncco, fetch_answer_ncco
 from bridge.calls.outbound import OutboundCall, hang_up_after, ring_outbound
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig
 from bridge.dial.dialer import Leg, detect_machine
+from bridge.ncco.actions._playback import stop_leftover_playbacks
 from bridge.ncco.context import CallServices, Runner
 from bridge.ncco.dtmf import DtmfBuffer
-from bridge.ncco.models import Action, NccoError, dump_ncco
-from bridge.ncco.replies import answer_ncco_parser, optional_ncco
-from bridge.webhooks import FallbackResult, WebhookRequest
+from bridge.ncco.models import Action, dump_ncco
 from bridge.webhooks import payloads as ev
 
 log = structlog.get_logger(__name__)
-
-#: Seconds a resumed call waits for Asterisk to let go of a playback it was asked to stop.
-LEFTOVER_STOP_WAIT_S = 2.0
 
 
 class CallState(enum.Enum):
@@ -186,21 +183,6 @@ class CallSession:
         return (str(uuidlib.uuid5(namespace, place + ":0")),
                 str(uuidlib.uuid5(namespace, place + ":1")))
 
-    async def _stop_leftover_playbacks(self) -> None:
-        """On resume: stop the running action's playback that the previous bridge started,
-        and wait (bounded) until Asterisk has finished with it, so that the action plays
-        again at once, with the same ids, instead of queueing behind it."""
-        for playback_id in self.action_playback_ids():
-            finished = self.expect(playback_finished(playback_id))
-            try:
-                if await self.gateway.stop_playback(playback_id):
-                    self.log.info("call.leftover_playback_stopped", playback_id=playback_id)
-                    await finished.wait(LEFTOVER_STOP_WAIT_S)
-            except AriError as exc:
-                self.log.warning("call.leftover_playback_not_stopped", error=str(exc))
-            finally:
-                self.stop_waiting(finished)
-
     async def ensure_answered(self) -> None:
         """Answer the channel once, the first time an action needs media."""
         if self.answered is not None:
@@ -231,31 +213,8 @@ class CallSession:
     async def ask_for_ncco(
         self, url: str, method: str, payload: dict[str, Any]
     ) -> list[Action] | None:
-        """Send an event whose reply may carry an NCCO (notify, input, synchronous connect).
-
-        Returns the new NCCO, or None when the reply carries none (the flow continues). A reply
-        that is not a valid NCCO is reported as an error and the flow continues too; so does
-        a failing URL after its fallback (Vonage's rule for event hooks)."""
-        services = self.services
-        result: FallbackResult[list[Action] | None] = await services.webhooks.send_with_fallback(
-            WebhookRequest(url=url, method=method, data=payload),  # type: ignore[arg-type]
-            self.app.fallback_answer_url,
-            optional_ncco,
-            services.timeouts(self.app, event=True),
-            services.signer(self.app),
-        )
-        if result.error:
-            self.error(f"event webhook {url} failed: {result.error}; continuing the NCCO")
-            return None
-        if result.reason and result.source == "fallback":
-            self.log.info("call.event_fallback_used", reason=result.reason)
-        if result.value is not None:
-            try:
-                services.check_runnable(result.value)
-            except NccoError as exc:
-                self.error(f"invalid NCCO in reply from {url}: {exc}; continuing the NCCO")
-                return None
-        return result.value
+        """Send an event whose reply may carry an NCCO (notify, input, synchronous connect)."""
+        return await ask_for_ncco(self, url, method, payload)
 
     # ------------------------------------------------------------------ main task
     async def run(self) -> None:
@@ -269,13 +228,13 @@ class CallSession:
                 # 180 Ringing goes out while the application is asked: neither waits.
                 ring = asyncio.ensure_future(self.gateway.ring(self.channel_id))
                 # Actions given at creation (an Exotel Connect applet) run instead.
-                actions = list(self.actions) if self.actions else await self._fetch_answer_ncco()
+                actions = list(self.actions) if self.actions else await fetch_answer_ncco(self)
                 with contextlib.suppress(ChannelGone):
                     await ring
                 self._begin(actions)
             if self.state is CallState.RUNNING:
                 if self._resumed:
-                    await self._stop_leftover_playbacks()
+                    await stop_leftover_playbacks(self)
                 await self._run_actions()
                 self._transition(CallState.ENDING, "hangup" if self.gone.is_set() else "ncco_done")
                 await self.gateway.hangup(self.channel_id)
@@ -356,33 +315,7 @@ class CallSession:
     async def _outbound_ncco(self, request: OutboundCall) -> list[Action] | None:
         if request.ncco is not None:
             return request.ncco
-        return await self._fetch_answer_ncco()
-
-    async def _fetch_answer_ncco(self) -> list[Action] | None:
-        params = {
-            "to": self.record.to_number,
-            "from": self.record.from_number,
-            "uuid": self.uuid,
-            "conversation_uuid": self.conversation_uuid,
-        }
-        request = WebhookRequest(
-            url=self.app.answer_url, method=self.app.answer_method, data=params
-        )
-        services = self.services
-        result = await services.webhooks.send_with_fallback(
-            request,
-            self.app.fallback_answer_url,
-            answer_ncco_parser(services.check_runnable, self.app.answer_url),
-            services.timeouts(self.app, event=False),
-            services.signer(self.app),
-            kind="answer",
-        )
-        if result.value is not None:
-            if result.source == "fallback":
-                self.error(f"answer_url failed ({result.reason}); used fallback_answer_url")
-            return result.value
-        self.error(f"no NCCO: {result.error}")
-        return None
+        return await fetch_answer_ncco(self)
 
     async def _run_actions(self) -> None:
         while self.position < len(self.actions) and not self.gone.is_set():

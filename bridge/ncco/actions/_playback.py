@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.ari.waits import Waiter, WaitOutcome, playback_event
+from bridge.ari.waits import Waiter, WaitOutcome, playback_event, playback_finished
 
 if TYPE_CHECKING:
     from bridge.media import MediaItem
@@ -133,3 +133,23 @@ async def _play_once(
             # Cancelled (new NCCO), barged in or stuck: the prompt must not go on playing.
             with contextlib.suppress(AriError):
                 await asyncio.shield(call.gateway.stop_playback(playback_id))
+
+
+#: Seconds a resumed call waits for Asterisk to let go of a playback it was asked to stop.
+LEFTOVER_STOP_WAIT_S = 2.0
+
+
+async def stop_leftover_playbacks(call: CallContext) -> None:
+    """On resume: stop the running action's playback that the previous bridge started,
+    and wait (bounded) until Asterisk has finished with it, so that the action plays
+    again at once, with the same ids, instead of queueing behind it."""
+    for playback_id in call.action_playback_ids():
+        finished = call.expect(playback_finished(playback_id))
+        try:
+            if await call.gateway.stop_playback(playback_id):
+                call.log.info("call.leftover_playback_stopped", playback_id=playback_id)
+                await finished.wait(LEFTOVER_STOP_WAIT_S)
+        except AriError as exc:
+            call.log.warning("call.leftover_playback_not_stopped", error=str(exc))
+        finally:
+            call.stop_waiting(finished)
