@@ -140,7 +140,24 @@ class EventTap:
     def expect(self, predicate: Predicate) -> asyncio.Future[Event]:
         """A future for the first event matching ``predicate`` (also one already seen)."""
         waiter = self.waits.expect(predicate, past=True)
-        return asyncio.ensure_future(waiter.event(None))
+        result: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+
+        def resolve(done: asyncio.Future[tuple[WaitOutcome, Event | None]]) -> None:
+            if result.done():
+                return
+            outcome, event = (None, None) if done.cancelled() else done.result()
+            if outcome is WaitOutcome.EVENT and event is not None:
+                result.set_result(event)
+            else:  # the tap was closed
+                result.cancel()
+
+        def given_up(future: asyncio.Future[Event]) -> None:
+            if future.cancelled():  # e.g. a wait_for that timed out: stop waiting
+                self.waits.cancel(waiter)
+
+        waiter.future.add_done_callback(resolve)
+        result.add_done_callback(given_up)
+        return result
 
     def close(self) -> None:
         self.gateway.unroute(self.key)
