@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
-from bridge.dial.dialer import DialTarget, Leg, NoRoute
+from bridge.calls.answers import fetch_answer_ncco
+from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
 from bridge.dial.outcome import LegOutcome
 from bridge.ncco.context import CallContext
 from bridge.ncco.models import Action, PhoneEndpoint, SipEndpoint, WebsocketEndpoint
@@ -89,3 +91,57 @@ async def hang_up_after(call: CallContext, seconds: int) -> None:
     if not call.gone.is_set():
         call.log.info("call.length_timer_expired", seconds=seconds)
         await call.gateway.hangup(call.channel_id)
+
+
+class DialledCall(CallContext, Protocol):
+    """An outbound call as its dialling sees it (``CallSession`` implements it)."""
+
+    final_status: str  # Vonage's status for a call that was not answered
+    disconnected_by: str
+    ringing_leg: Leg | None  # while it rings, so that a REST hangup can cancel it
+
+    def status(self, status: str, ends_call: bool = False, **extra: Any) -> bool: ...
+
+    def mark_answered(self) -> None: ...
+
+
+async def dial_out(call: DialledCall, request: OutboundCall) -> list[Action] | None:
+    """Ring the destination; once answered, the NCCO given or fetched from answer_url. None
+    when the call did not come up (its final status is sent) or is over already."""
+    call.status("started")
+
+    def on_status(leg: Leg, status: str) -> None:
+        call.ringing_leg = leg
+        if status == "ringing":
+            call.status("ringing")
+
+    try:
+        rung = await ring_outbound(call, request, on_status)
+    finally:
+        call.ringing_leg = None
+    if not rung.answered:
+        call.final_status = rung.final_status
+        if rung.declined:
+            call.disconnected_by = "user"  # the far end turned the call down
+        call.status(call.final_status)
+        call.gone.set()  # nothing to hang up: the leg never came up
+        return None
+    call.mark_answered()
+    call.run_beside(hang_up_after(call, request.length_timer_s), "length-timer")
+    winner = rung.leg
+    if winner is not None:  # a phone or SIP leg (a WebSocket has no far-end channel)
+        if request.machine_detection in ("continue", "hangup"):
+            verdict = await detect_machine(call.gateway, winner)
+            call.status("machine" if verdict == "MACHINE" else "human")
+            if verdict == "MACHINE" and request.machine_detection == "hangup":
+                await call.gateway.hangup(call.channel_id)
+                call.gone.set()
+                return None
+        # From now on the answered channel's events are the session's.
+        call.gateway.route(f"channel:{call.channel_id}", call.on_event)
+        if winner.ended.is_set():
+            call.gone.set()
+            return None
+    if request.ncco is not None:
+        return request.ncco
+    return await fetch_answer_ncco(call)

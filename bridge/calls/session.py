@@ -22,10 +22,10 @@ from bridge import metrics
 from bridge.ari.errors import AriError, ChannelGone
 from bridge.ari.waits import Event, EventWaits, Predicate, Waiter
 from bridge.calls.answers import ask_for_ncco, fetch_answer_ncco
-from bridge.calls.outbound import OutboundCall, hang_up_after, ring_outbound
+from bridge.calls.outbound import OutboundCall, dial_out
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig
-from bridge.dial.dialer import Leg, detect_machine
+from bridge.dial.dialer import Leg
 from bridge.ncco.actions._playback import stop_leftover_playbacks
 from bridge.ncco.context import CallServices, Runner
 from bridge.ncco.dtmf import DtmfBuffer
@@ -88,7 +88,7 @@ class CallSession:
         self.disconnected_by = "platform"
         self.final_status = "completed"  # or the failure an outbound call ended with
         self._hanging_up = False
-        self._ringing_leg: Leg | None = None  # an outbound call's leg while it is dialled
+        self.ringing_leg: Leg | None = None  # an outbound call's leg while it is dialled
         self._waits = EventWaits()
         self._current: asyncio.Task[list[Action] | None] | None = None
         self._pending_ncco: list[Action] | None = None
@@ -188,6 +188,10 @@ class CallSession:
         if self.answered is not None:
             return
         await self.gateway.answer(self.channel_id)
+        self.mark_answered()
+
+    def mark_answered(self) -> None:
+        """The call is answered now: kept in the store, ``answered`` sent."""
         self.answered = datetime.now(UTC)
         self.store.mark_answered(self.uuid, ev.timestamp(self.answered))
         self.status("answered")
@@ -197,8 +201,8 @@ class CallSession:
         An outbound call still ringing is ``cancelled``, Vonage's status for a call its
         originator stopped before it was answered."""
         self._hanging_up = True
-        if self._ringing_leg is not None:
-            self._ringing_leg.cancel()
+        if self.ringing_leg is not None:
+            self.ringing_leg.cancel()
         await self.gateway.hangup(self.channel_id)
 
     def run_beside(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -221,7 +225,7 @@ class CallSession:
         structlog.contextvars.bind_contextvars(call_uuid=self.uuid)
         try:
             if self.outbound is not None and not self._resumed:
-                self._begin(await self._dial_out(self.outbound))
+                self._begin(await dial_out(self, self.outbound))
             elif not self._resumed:
                 self.status("started")
                 self.status("ringing")
@@ -269,53 +273,6 @@ class CallSession:
             self.position = 0
             self._save_progress()
             self._transition(CallState.RUNNING, "ncco")
-
-    async def _dial_out(self, request: OutboundCall) -> list[Action] | None:
-        """Ring the destination; once answered, the NCCO given or fetched from answer_url."""
-        self.status("started")
-        try:
-            rung = await ring_outbound(self, request, self._on_dial_status)
-        finally:
-            self._ringing_leg = None
-        if not rung.answered:
-            self.final_status = rung.final_status
-            if rung.declined:
-                self.disconnected_by = "user"  # the far end turned the call down
-            self.status(self.final_status)
-            self.gone.set()  # nothing to hang up: the leg never came up
-            return None
-        self._mark_answered(request)
-        winner = rung.leg
-        if winner is not None:  # a phone or SIP leg (a WebSocket has no far-end channel)
-            if request.machine_detection in ("continue", "hangup"):
-                verdict = await detect_machine(self.gateway, winner)
-                self.status("machine" if verdict == "MACHINE" else "human")
-                if verdict == "MACHINE" and request.machine_detection == "hangup":
-                    await self.gateway.hangup(self.channel_id)
-                    self.gone.set()
-                    return None
-            # From now on the answered channel's events are the session's.
-            self.gateway.route(f"channel:{self.channel_id}", self.on_event)
-            if winner.ended.is_set():
-                self.gone.set()
-                return None
-        return await self._outbound_ncco(request)
-
-    def _on_dial_status(self, leg: Leg, status: str) -> None:
-        self._ringing_leg = leg  # so that a REST hangup can cancel it
-        if status == "ringing":
-            self.status("ringing")
-
-    def _mark_answered(self, request: OutboundCall) -> None:
-        self.answered = datetime.now(UTC)
-        self.store.mark_answered(self.uuid, ev.timestamp(self.answered))
-        self.status("answered")
-        self.run_beside(hang_up_after(self, request.length_timer_s), "length-timer")
-
-    async def _outbound_ncco(self, request: OutboundCall) -> list[Action] | None:
-        if request.ncco is not None:
-            return request.ncco
-        return await fetch_answer_ncco(self)
 
     async def _run_actions(self) -> None:
         while self.position < len(self.actions) and not self.gone.is_set():
