@@ -122,6 +122,9 @@ class CallSession:
 
     def expect(self, predicate: Predicate) -> Waiter:
         """Subscribe to an event before triggering it. Resolves HANGUP if the call ends."""
+        if self.gone.is_set():
+            # Also a call that ended without a hangup event (an outbound call never answered).
+            self._waits.end(None)
         return self._waits.expect(predicate)
 
     def stop_waiting(self, waiter: Waiter) -> None:
