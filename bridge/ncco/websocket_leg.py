@@ -54,11 +54,11 @@ class WebsocketLeg:
             raise
         self.peer = await open_rtp(self.rate)
 
-    async def start_media(self, in_stasis: Awaitable[Any],
+    async def start_media(self, in_stasis: Callable[[], Awaitable[Any]],
                           before_media: Callable[[], Awaitable[None]] | None = None) -> None:
         """Greet the application, create the media channel and wait (bounded) for it to
-        join our application (``in_stasis``, subscribed before). Raises AriError, or
-        TimeoutError when the channel did not start."""
+        join our application (``in_stasis()``, a wait subscribed before). Raises AriError,
+        or TimeoutError when the channel did not start."""
         assert self.ws is not None and self.peer is not None
         await self.ws.send_str(first_message(self.endpoint.content_type, self.endpoint.headers))
         if before_media is not None:
@@ -68,7 +68,7 @@ class WebsocketLeg:
         self.peer.remote = await self.gateway.external_media(
             self.channel_id, f"127.0.0.1:{local_port}", ASTERISK_FORMAT)
         try:
-            await asyncio.wait_for(in_stasis, STASIS_WAIT_S)
+            await asyncio.wait_for(in_stasis(), STASIS_WAIT_S)
         except TimeoutError:
             raise TimeoutError("the media channel did not start") from None
 
@@ -101,7 +101,7 @@ async def open_websocket_call(call: CallContext, endpoint: WebsocketEndpoint) ->
     call.gateway.route(f"channel:{call.channel_id}", call.on_event)
     joined = call.expect(lambda e: e.get("type") == "StasisStart")
     try:
-        await leg.start_media(joined.event(None))
+        await leg.start_media(lambda: joined.event(None))
     except (AriError, TimeoutError, aiohttp.ClientError) as exc:
         call.error(f"websocket {endpoint.uri}: {exc}")
         await leg.close()

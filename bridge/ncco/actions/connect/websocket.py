@@ -41,7 +41,7 @@ async def connect_websocket(call: CallContext, action: Connect, endpoint: Websoc
     try:
         # Like a created channel, the media channel joins our application a moment after
         # the request returns; adding it to a bridge before that gets 422.
-        await leg.start_media(in_stasis.wait(), before_media=call.ensure_answered)
+        await leg.start_media(in_stasis.wait, before_media=call.ensure_answered)
         events.send("answered")
         await gateway.create_bridge(bridge_id, "mixing", f"websocket-{call.uuid}")
         await gateway.add_to_bridge(bridge_id, call.channel_id)
