@@ -82,7 +82,7 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
 
     gateway = AriGateway(config.ari, on_stasis_start, on_connected)
     engine = CallEngine(config, gateway, webhooks, media, store, lambda: app[BASE_URL_KEY][0])
-    engine.asr = PocketsphinxAsr()
+    engine.services.asr = PocketsphinxAsr()
     engine_cell.append(engine)
     app[ENGINE_KEY] = engine
     app[GATEWAY_KEY] = gateway
@@ -98,7 +98,7 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
     finally:
         await engine.shutdown()
         await engine.recordings.close()
-        await engine.conferences.shutdown()
+        await engine.rooms.shutdown()
         await gateway.stop()
         # Undelivered events stay in the store for the next start.
         await engine.events.stop()

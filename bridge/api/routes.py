@@ -25,7 +25,6 @@ from pydantic import BaseModel, ValidationError
 import bridge.api.models as m
 from bridge import metrics
 from bridge.api.auth import AuthError, KeyRing, Principal
-from bridge.api.files import FileStore
 from bridge.api.models import ApiError, bad_request
 from bridge.api.openapi import spec
 from bridge.ari.errors import AriError, ChannelGone
@@ -34,14 +33,14 @@ from bridge.calls.outbound import Draining, OutboundCall
 from bridge.calls.session import CallSession, CallState
 from bridge.config import Config
 from bridge.media import MediaError, resolve_voice
+from bridge.media.files import FileStore
 from bridge.ncco.actions._playback import play
-from bridge.ncco.models import MAX_JSON_DEPTH, Action, NccoError, json_depth, parse_ncco_bytes
+from bridge.ncco.models import MAX_JSON_DEPTH, Action, NccoError, json_depth
+from bridge.ncco.replies import reply_ncco
 from bridge.webhooks import (
     JSON_NESTING_ERROR,
-    ParseError,
     WebhookRequest,
     WebhookResponse,
-    require_json_content_type,
 )
 
 if TYPE_CHECKING:
@@ -319,21 +318,16 @@ class RestApi:
 
     async def _fetch_ncco(self, session: CallSession, url: str) -> list[Action]:
         engine = self.engine
+        services = engine.services
 
         def parse(response: WebhookResponse) -> list[Action]:
-            require_json_content_type(response, "destination.url")
-            try:
-                actions = parse_ncco_bytes(response.body)
-                engine.check_runnable(actions)
-            except NccoError as exc:
-                raise ParseError(f"invalid NCCO: {exc}") from None
-            return actions
+            return reply_ncco(response, engine.check_runnable, json_field="destination.url")
 
         params = {"to": session.record.to_number, "from": session.record.from_number,
                   "uuid": session.uuid, "conversation_uuid": session.conversation_uuid}
         result = await engine.webhooks.send_with_fallback(
             WebhookRequest(url=url, method="GET", data=params), None, parse,
-            engine.timeouts(session.app, event=False), engine.signer(session.app),
+            services.timeouts(session.app, event=False), services.signer(session.app),
             kind="answer",
         )
         if result.value is None:
@@ -347,7 +341,7 @@ class RestApi:
         previous = self._playing.pop(key, None)
         if previous is not None:
             previous.cancel()
-        task = session.spawn(play(session, uri, loop, duration_s, False), f"api-{kind}")
+        task = session.run_beside(play(session, uri, loop, duration_s, False), f"api-{kind}")
         self._playing[key] = task
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -387,7 +381,7 @@ class RestApi:
         except MediaError as exc:
             raise ApiError(500, "Internal Server Error", f"speech synthesis failed: {exc}"
                            ) from None
-        uri = self.engine.media_uri(item.media_id)
+        uri = self.engine.services.media_uri(item.media_id)
         self._start_playback(session, "talk", uri, body.loop, item.duration_s)
         return self._message("Talk started", session.uuid)
 
@@ -406,7 +400,7 @@ class RestApi:
         except MediaError as exc:
             reason = f"cannot play {url}: {exc.cause}"
             raise bad_request(reason, "stream_url", reason) from None
-        uri = self.engine.media_uri(item.media_id)
+        uri = self.engine.services.media_uri(item.media_id)
         self._start_playback(session, "stream", uri, body.loop, item.duration_s)
         return self._message("Stream started", session.uuid)
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,28 +25,26 @@ from bridge import metrics
 from bridge.agents import open_agent_store
 from bridge.agents.devices import DeviceProvisioner
 from bridge.agents.tracking import track_call
-from bridge.api.files import FileStore
 from bridge.ari.errors import AriError, ChannelGone
 from bridge.ari.gateway import AriGateway, Event, new_id
-from bridge.calls import events as ev
-from bridge.calls.conferences import ConferenceRegistry
 from bridge.calls.history import CallHistory
 from bridge.calls.outbound import Draining, OutboundCall
 from bridge.calls.session import CallSession
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig, Config
-from bridge.connect.applet import ExotelConnect
 from bridge.dial.dialer import Dialer
+from bridge.exotel import applet as exotel_applet
 from bridge.media import MediaStore
-from bridge.media.asr import AsrProvider
+from bridge.media.files import FileStore
 from bridge.media.recordings import RecordingService
 from bridge.ncco import actions as action_modules
-from bridge.ncco.models import Action, NccoError, parse_ncco
-from bridge.webhooks import EventOutbox, Signer, Timeouts, WebhookClient
+from bridge.ncco.actions.conversation.rooms import RoomRegistry
+from bridge.ncco.context import CallServices, Runner
+from bridge.ncco.models import Action, NccoError
+from bridge.webhooks import EventOutbox, WebhookClient
+from bridge.webhooks import payloads as ev
 
 log = structlog.get_logger(__name__)
-
-Runner = Callable[[CallSession, Any], Coroutine[Any, Any, list[Action] | None]]
 
 #: Where the dialplan (asterisk-config/extensions.conf, [ari-bridge-inbound]) rejects a call
 #: when the bridge cannot take it: it logs and hangs up with cause 34, which PJSIP answers
@@ -67,10 +65,7 @@ class CallEngine:
         self.config = config
         self.gateway = gateway
         self.webhooks = webhooks
-        self.media = media
         self.store = store
-        self.public_url = public_url
-        self.dialer = Dialer(gateway, config)
         self.sessions: dict[str, CallSession] = {}
         self.by_channel: dict[str, CallSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,11 +74,9 @@ class CallEngine:
         #: Set on SIGTERM: new calls are turned away, live ones keep running until exit.
         self.draining = False
         self.history = CallHistory()  # ended calls, for GET /v1/calls
-        self.conferences = ConferenceRegistry(gateway)  # named conversation rooms
         self.recordings = RecordingService(  # record, conversation record
             gateway, FileStore(config.recordings.path),
             retention_hours=config.recordings.retention_hours)
-        self.asr: AsrProvider | None = None  # speech input; None = the embedded default
         # Exotel Connect: agent busy leases and sticky agents (SQLite or Redis).
         self.agents = open_agent_store(config.agents.backend, config.agents_path(),
                                        config.agents.redis_url, config.agents.redis_prefix)
@@ -96,6 +89,18 @@ class CallEngine:
             retention_s=config.events.retention_s, retry_base_s=config.events.retry_base_s,
             retry_cap_s=config.events.retry_cap_s, max_in_flight=config.events.max_in_flight,
         )
+        #: What calls share; sessions and their actions see only this, not the engine.
+        self.services = CallServices(
+            gateway=gateway, media=media, dialer=Dialer(gateway, config), webhooks=webhooks,
+            events=self.events, recordings=self.recordings, agents=self.agents,
+            config=config, public_url=public_url, check_runnable=self.check_runnable,
+        )
+        self.rooms = RoomRegistry(self.services)  # named conversation rooms
+        #: Action name -> runner: the NCCO actions, and an applet number's Exotel Connect.
+        self.runners: dict[str, Runner] = {
+            **action_modules.runners(self.rooms),
+            exotel_applet.ACTION: exotel_applet.run,
+        }
 
     # ------------------------------------------------------------------ helpers
     def application(self, app_id: str) -> ApplicationConfig:
@@ -104,11 +109,6 @@ class CallEngine:
             raise KeyError(f"unknown application {app_id!r}")
         return app
 
-    def media_uri(self, media_id: str) -> str:
-        """What Asterisk plays for a file of our media store: fetched from our HTTP server
-        through its media cache (no shared filesystem)."""
-        return f"sound:{self.public_url()}/media/{media_id}.wav"
-
     def application_of(self, record: CallRecord) -> ApplicationConfig:
         """The application a call runs, with the call's own URLs (a REST-created call's
         answer_url and event_url) in place of the application's."""
@@ -116,26 +116,21 @@ class CallEngine:
         overrides = record.url_overrides()
         return app.model_copy(update=overrides) if overrides else app
 
-    def timeouts(self, app: ApplicationConfig, event: bool) -> Timeouts:
-        read = app.timeouts.event_read_ms if event else app.timeouts.answer_read_ms
-        return Timeouts(connect_ms=app.timeouts.connect_ms, read_ms=read)
-
-    def signer(self, app: ApplicationConfig) -> Signer | None:
-        if app.signature_secret is None:
-            return None
-        return Signer(secret=app.signature_secret.get_secret_value(), application_id=app.id)
-
-    def runner(self, name: str) -> Runner:
-        return action_modules.RUNNERS[name]
-
     def check_runnable(self, actions: list[Action]) -> None:
         """Checks beyond the schema that need this bridge (voices, supported actions)."""
         action_modules.check(actions)
 
     def parse(self, data: Any) -> list[Action]:
-        actions = parse_ncco(data)
-        self.check_runnable(actions)
-        return actions
+        """An NCCO this bridge can run (raises NccoError)."""
+        return self.services.parse(data)
+
+    def new_session(self, record: CallRecord, actions: list[Action] | None = None,
+                 resumed: bool = False, outbound: OutboundCall | None = None,
+                 app: ApplicationConfig | None = None) -> CallSession:
+        """A session for ``record``, wired to this engine's services and runners (not yet
+        started)."""
+        return CallSession(self.services, self.store, record, app or self.application_of(record),
+                           self.runners, self._session_ended, actions, resumed, outbound)
 
     # ---------------------------------------------------------------- new calls
     def on_stasis_start(self, event: Event) -> None:
@@ -147,11 +142,11 @@ class CallEngine:
             return
         if not args or args[0] != "inbound":
             log.warning("call.unexpected_channel", channel_id=channel_id, args=args)
-            self._spawn(self.gateway.hangup(channel_id))
+            self._run_task(self.gateway.hangup(channel_id))
             return
         if self.draining:
             self.calls_rejected += 1
-            self._spawn(self._reject_while_draining(channel))
+            self._run_task(self._reject_while_draining(channel))
             return
         to = args[1] if len(args) > 1 else str(channel.get("dialplan", {}).get("exten", ""))
         caller = args[2] if len(args) > 2 else str(channel.get("caller", {}).get("number", ""))
@@ -162,7 +157,7 @@ class CallEngine:
             self.calls_rejected += 1
             log.warning("call.no_application", to=to, channel_id=channel_id)
             # 'unallocated' makes Asterisk answer the INVITE with 404: no such number here.
-            self._spawn(self.gateway.hangup(channel_id, "unallocated"))
+            self._run_task(self.gateway.hangup(channel_id, "unallocated"))
             return
         record = CallRecord(
             uuid=str(uuidlib.uuid4()),
@@ -179,8 +174,9 @@ class CallEngine:
         )
         self.store.save(record)
         # An applet number runs its Connect applet instead of fetching answer_url.
-        first: list[Any] | None = [ExotelConnect(number=to)] if applet is not None else None
-        self._start(CallSession(self, record, first))
+        first: list[Any] | None = ([exotel_applet.ExotelConnect(number=to)]
+                                   if applet is not None else None)
+        self._start(self.new_session(record, first))
 
     async def _reject_while_draining(self, channel: dict[str, Any]) -> None:
         """Send a new inbound call back to the dialplan's fallback (SIP 503), as if no
@@ -227,7 +223,7 @@ class CallEngine:
             event_method=request.event_method.upper() if request.event_url else None,
         )
         self.store.save(record)
-        self._start(CallSession(self, record, outbound=request))
+        self._start(self.new_session(record, outbound=request))
         return self.sessions[record.uuid]
 
     def _start(self, session: CallSession) -> None:
@@ -236,17 +232,18 @@ class CallEngine:
         self.sessions[session.uuid] = session
         self.by_channel[session.channel_id] = session
         self.gateway.route(f"channel:{session.channel_id}", session.on_event)
-        self._spawn(session.run())
+        self._run_task(session.run())
         if self.config.agents.track_all_calls:
             # The remote party is busy for Connect applets while this call lasts.
             party = (session.record.from_number if session.direction == "inbound"
                      else session.record.to_number)
-            self._spawn(track_call(self.agents, party, f"call:{session.uuid}",
+            self._run_task(track_call(self.agents, party, f"call:{session.uuid}",
                                    self.config.agents.lease_s, session.gone))
 
-    def forget(self, session: CallSession, in_store: bool = True) -> None:
-        """Called by a session once it has ended. ``in_store``: its live row is still there
-        (no ``completed`` event removed it) and is deleted now."""
+    def _session_ended(self, session: CallSession, in_store: bool = True) -> None:
+        """Called by a session once it has ended: out of the registry, into the history.
+        ``in_store``: its live row is still there (no ``completed`` event removed it) and is
+        deleted now."""
         if self.sessions.pop(session.uuid, None) is not None:
             metrics.CALLS_ACTIVE.dec()
         self.by_channel.pop(session.channel_id, None)
@@ -255,7 +252,8 @@ class CallEngine:
         if in_store:
             self.store.delete(session.uuid)
 
-    def _spawn(self, coro: Any) -> None:
+    def _run_task(self, coro: Any) -> None:
+        """Run engine work (a rejection, a hangup, busy tracking) until shutdown."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -305,10 +303,10 @@ class CallEngine:
         except (KeyError, NccoError) as exc:
             log.warning("reconcile.cannot_resume", call_uuid=record.uuid, error=str(exc))
             self._complete_orphan(record)
-            self._spawn(self.gateway.hangup(record.channel_id))
+            self._run_task(self.gateway.hangup(record.channel_id))
             return False
         log.info("reconcile.resume", call_uuid=record.uuid, position=record.position)
-        self._start(CallSession(self, record, actions, resumed=True, app=app))
+        self._start(self.new_session(record, actions, resumed=True, app=app))
         return True
 
     def _complete_orphan(self, record: CallRecord) -> None:
@@ -321,15 +319,12 @@ class CallEngine:
         if app is None or app.event_url is None:
             self.store.delete(record.uuid)
             return
-        started = datetime.fromisoformat(record.started_at.replace("Z", "+00:00"))
-        answered = (
-            datetime.fromisoformat(record.answered_at.replace("Z", "+00:00"))
-            if record.answered_at else None
-        )
-        payload = ev.status_event(
-            uuid=record.uuid, conversation_uuid=record.conversation_uuid, status="completed",
+        payload = ev.completed_event(
+            uuid=record.uuid, conversation_uuid=record.conversation_uuid,
             direction=record.direction, from_=record.from_number, to=record.to_number,
-            **ev.completed_extra(started, answered, datetime.now(UTC), "platform"),
+            started=ev.parse_timestamp(record.started_at),
+            answered=ev.parse_timestamp(record.answered_at),
+            ended=datetime.now(UTC), disconnected_by="platform",
         )
         # Written with the deletion of the live row, in one transaction.
         self.events.post(record.uuid, app, app.event_url, app.event_method, payload,

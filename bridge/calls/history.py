@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bridge.calls import events as ev
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
     from bridge.calls.session import CallSession

@@ -12,49 +12,28 @@ import contextlib
 import enum
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from bridge import metrics
 from bridge.ari.errors import AriError, ChannelGone
-from bridge.calls import events as ev
-from bridge.calls.outbound import OutboundCall
-from bridge.calls.store import CallRecord
-from bridge.calls.websocket_leg import open_websocket_leg
+from bridge.ari.waits import Event, EventWaits, Predicate, Waiter
+from bridge.calls.answers import ask_for_ncco, fetch_answer_ncco
+from bridge.calls.outbound import OutboundCall, dial_out
+from bridge.calls.store import CallRecord, CallStore
 from bridge.config import ApplicationConfig
-from bridge.dial.dialer import DialTarget, Leg, NoRoute, detect_machine
-from bridge.dial.outcome import LegOutcome
-from bridge.ncco.models import (
-    Action,
-    NccoError,
-    PhoneEndpoint,
-    WebsocketEndpoint,
-    dump_ncco,
-    parse_ncco,
-    parse_ncco_bytes,
-)
+from bridge.dial.dialer import Leg
+from bridge.ncco.actions._playback import stop_leftover_playbacks
+from bridge.ncco.context import CallServices, Runner
+from bridge.ncco.dtmf import DtmfBuffer
+from bridge.ncco.models import Action, dump_ncco
 from bridge.timeline import RECORDER
-from bridge.webhooks import (
-    FallbackResult,
-    ParseError,
-    WebhookRequest,
-    WebhookResponse,
-    require_json_content_type,
-)
-
-if TYPE_CHECKING:
-    from bridge.calls.engine import CallEngine
+from bridge.webhooks import payloads as ev
 
 log = structlog.get_logger(__name__)
-
-Event = dict[str, Any]
-
-#: Seconds a resumed call waits for Asterisk to let go of a playback it was asked to stop.
-LEFTOVER_STOP_WAIT_S = 2.0
 
 
 class CallState(enum.Enum):
@@ -64,87 +43,54 @@ class CallState(enum.Enum):
     ENDED = "ended"  # the channel is gone and ``completed`` was sent
 
 
-class WaitOutcome(enum.Enum):
-    EVENT = "event"  # the awaited event arrived
-    TIMEOUT = "timeout"  # nothing within the deadline
-    HANGUP = "hangup"  # the channel went away first
-
-
-@dataclass
-class Waiter:
-    """A subscription made before acting; resolved by ``on_event``."""
-
-    predicate: Callable[[Event], bool]
-    future: asyncio.Future[tuple[WaitOutcome, Event | None]]
-
-    async def wait(self, timeout: float | None) -> tuple[WaitOutcome, Event | None]:
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.future), timeout)
-        except TimeoutError:
-            return WaitOutcome.TIMEOUT, None
-
-
-@dataclass
-class DtmfBuffer:
-    """Digits the caller pressed that no input action has consumed yet."""
-
-    digits: list[str] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def push(self, digit: str) -> None:
-        self.digits.append(digit)
-        self.changed.set()
-
-    def take(self) -> str | None:
-        return self.digits.pop(0) if self.digits else None
-
-    async def next(self, timeout: float) -> str | None:
-        """The next digit, waiting at most ``timeout`` seconds (0 = only what is buffered)."""
-        if self.digits:
-            return self.digits.pop(0)
-        self.changed.clear()
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except TimeoutError:
-            return None
-        return self.take()
-
-
 class CallSession:
+    """A call leg in Stasis; implements :class:`bridge.ncco.context.CallContext`.
+
+    Built by the call engine, which passes in what the session needs: the shared services,
+    the call store, the runner of each action, and ``on_ended`` (called once the call has
+    ended and its ``completed`` event is written; ``in_store``: its live row is still there).
+    """
+
     def __init__(
         self,
-        engine: CallEngine,
+        services: CallServices,
+        store: CallStore,
         record: CallRecord,
+        app: ApplicationConfig,
+        runners: Mapping[str, Runner],
+        on_ended: Callable[[CallSession, bool], None],
         actions: list[Action] | None = None,
         resumed: bool = False,
         outbound: OutboundCall | None = None,
-        app: ApplicationConfig | None = None,
     ) -> None:
-        self.engine = engine
+        self.services = services
+        self.store = store
         self.record = record
         self.uuid = record.uuid
         self.conversation_uuid = record.conversation_uuid
         self.channel_id = record.channel_id
         # With a REST-created call's own URLs, kept in the store across restarts.
-        self.app = app or engine.application_of(record)
+        self.app = app
         self.outbound = outbound
         self.created = time.monotonic()
-        self.gateway = engine.gateway
-        self.media = engine.media
+        self.gateway = services.gateway
+        self.media = services.media
+        self._runners = runners
+        self._on_ended = on_ended
         self.state = CallState.RUNNING if resumed else CallState.RINGING
         self.actions: list[Action] = list(actions or [])
         self.position = record.position
         self.replacements = record.replacements
-        self.started = _parse_time(record.started_at) or datetime.now(UTC)
-        self.answered: datetime | None = _parse_time(record.answered_at)
+        self.started = ev.parse_timestamp(record.started_at) or datetime.now(UTC)
+        self.answered: datetime | None = ev.parse_timestamp(record.answered_at)
         self.dtmf = DtmfBuffer()
         self.gone = asyncio.Event()
         self.hangup_cause: str | None = None
         self.disconnected_by = "platform"
         self.final_status = "completed"  # or the failure an outbound call ended with
         self._hanging_up = False
-        self._ringing_leg: Leg | None = None  # an outbound call's leg while it is dialled
-        self._waiters: list[Waiter] = []
+        self.ringing_leg: Leg | None = None  # an outbound call's leg while it is dialled
+        self._waits = EventWaits()
         self._current: asyncio.Task[list[Action] | None] | None = None
         self._pending_ncco: list[Action] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -160,12 +106,7 @@ class CallSession:
             self.dtmf.push(str(event.get("digit", "")))
         elif kind in ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"):
             self._mark_gone(event)
-        for waiter in list(self._waiters):
-            if waiter.future.done():
-                self._waiters.remove(waiter)
-            elif waiter.predicate(event):
-                waiter.future.set_result((WaitOutcome.EVENT, event))
-                self._waiters.remove(waiter)
+        self._waits.dispatch(event)
 
     def _mark_gone(self, event: Event) -> None:
         if self.gone.is_set():
@@ -176,35 +117,32 @@ class CallSession:
         self.hangup_cause = str(cause) if cause is not None else None
         self.log.debug("call.gone", ari_event=event.get("type"), cause=self.hangup_cause)
         self.gone.set()
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.future.set_result((WaitOutcome.HANGUP, event))
-        self._waiters.clear()
+        self._waits.end(event)
         if self._current is not None and not self._current.done():
             self._current.cancel()
 
-    def expect(self, predicate: Callable[[Event], bool]) -> Waiter:
+    def expect(self, predicate: Predicate) -> Waiter:
         """Subscribe to an event before triggering it. Resolves HANGUP if the call ends."""
-        future: asyncio.Future[tuple[WaitOutcome, Event | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        waiter = Waiter(predicate, future)
         if self.gone.is_set():
-            future.set_result((WaitOutcome.HANGUP, None))
-        else:
-            self._waiters.append(waiter)
-        return waiter
+            # Also a call that ended without a hangup event (an outbound call never answered).
+            self._waits.end(None)
+        return self._waits.expect(predicate)
 
-    def forget(self, waiter: Waiter) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-        if not waiter.future.done():
-            waiter.future.cancel()
+    def stop_waiting(self, waiter: Waiter) -> None:
+        self._waits.cancel(waiter)
 
     # ------------------------------------------------------------- what actions use
     @property
     def direction(self) -> str:
         return self.record.direction
+
+    @property
+    def from_number(self) -> str:
+        return self.record.from_number
+
+    @property
+    def to_number(self) -> str:
+        return self.record.to_number
 
     def post_event(self, url: str, method: str, payload: dict[str, Any],
                    ends_call: bool = False) -> bool:
@@ -213,7 +151,7 @@ class CallSession:
 
         ``ends_call``: the call's live row is deleted in the same transaction. Returns
         True once the event is written."""
-        return self.engine.events.post(self.uuid, self.app, url, method, payload,
+        return self.services.events.post(self.uuid, self.app, url, method, payload,
                                        ends_call=ends_call)
 
     def status(self, status: str, ends_call: bool = False, **extra: Any) -> bool:
@@ -251,28 +189,17 @@ class CallSession:
         return (str(uuidlib.uuid5(namespace, place + ":0")),
                 str(uuidlib.uuid5(namespace, place + ":1")))
 
-    async def _stop_leftover_playbacks(self) -> None:
-        """On resume: stop the running action's playback that the previous bridge started,
-        and wait (bounded) until Asterisk has finished with it, so that the action plays
-        again at once, with the same ids, instead of queueing behind it."""
-        for playback_id in self.action_playback_ids():
-            finished = self.expect(_playback_finished(playback_id))
-            try:
-                if await self.gateway.stop_playback(playback_id):
-                    self.log.info("call.leftover_playback_stopped", playback_id=playback_id)
-                    await finished.wait(LEFTOVER_STOP_WAIT_S)
-            except AriError as exc:
-                self.log.warning("call.leftover_playback_not_stopped", error=str(exc))
-            finally:
-                self.forget(finished)
-
     async def ensure_answered(self) -> None:
         """Answer the channel once, the first time an action needs media."""
         if self.answered is not None:
             return
         await self.gateway.answer(self.channel_id)
+        self.mark_answered()
+
+    def mark_answered(self) -> None:
+        """The call is answered now: kept in the store, ``answered`` sent."""
         self.answered = datetime.now(UTC)
-        self.engine.store.mark_answered(self.uuid, ev.timestamp(self.answered))
+        self.store.mark_answered(self.uuid, ev.timestamp(self.answered))
         self.status("answered")
 
     async def hang_up(self) -> None:
@@ -280,11 +207,11 @@ class CallSession:
         An outbound call still ringing is ``cancelled``, Vonage's status for a call its
         originator stopped before it was answered."""
         self._hanging_up = True
-        if self._ringing_leg is not None:
-            self._ringing_leg.cancel()
+        if self.ringing_leg is not None:
+            self.ringing_leg.cancel()
         await self.gateway.hangup(self.channel_id)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def run_beside(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run an asynchronous action part (barge-in prompt, recording) beside the NCCO.
 
         It is cancelled when the call ends."""
@@ -296,30 +223,8 @@ class CallSession:
     async def ask_for_ncco(
         self, url: str, method: str, payload: dict[str, Any]
     ) -> list[Action] | None:
-        """Send an event whose reply may carry an NCCO (notify, input, synchronous connect).
-
-        Returns the new NCCO, or None when the reply carries none (the flow continues). A reply
-        that is not a valid NCCO is reported as an error and the flow continues too; so does
-        a failing URL after its fallback (Vonage's rule for event hooks)."""
-        result: FallbackResult[list[Action] | None] = await self.engine.webhooks.send_with_fallback(
-            WebhookRequest(url=url, method=method, data=payload),  # type: ignore[arg-type]
-            self.app.fallback_answer_url,
-            _optional_ncco,
-            self.engine.timeouts(self.app, event=True),
-            self.engine.signer(self.app),
-        )
-        if result.error:
-            self.error(f"event webhook {url} failed: {result.error}; continuing the NCCO")
-            return None
-        if result.reason and result.source == "fallback":
-            self.log.info("call.event_fallback_used", reason=result.reason)
-        if result.value is not None:
-            try:
-                self.engine.check_runnable(result.value)
-            except NccoError as exc:
-                self.error(f"invalid NCCO in reply from {url}: {exc}; continuing the NCCO")
-                return None
-        return result.value
+        """Send an event whose reply may carry an NCCO (notify, input, synchronous connect)."""
+        return await ask_for_ncco(self, url, method, payload)
 
     # ------------------------------------------------------------------ main task
     async def run(self) -> None:
@@ -329,20 +234,20 @@ class CallSession:
                                   self.record.to_number, self.app.id, self.direction)
         try:
             if self.outbound is not None and not self._resumed:
-                self._begin(await self._dial_out(self.outbound))
+                self._begin(await dial_out(self, self.outbound))
             elif not self._resumed:
                 self.status("started")
                 self.status("ringing")
                 # 180 Ringing goes out while the application is asked: neither waits.
                 ring = asyncio.ensure_future(self.gateway.ring(self.channel_id))
                 # Actions given at creation (an Exotel Connect applet) run instead.
-                actions = list(self.actions) if self.actions else await self._fetch_answer_ncco()
+                actions = list(self.actions) if self.actions else await fetch_answer_ncco(self)
                 with contextlib.suppress(ChannelGone):
                     await ring
                 self._begin(actions)
             if self.state is CallState.RUNNING:
                 if self._resumed:
-                    await self._stop_leftover_playbacks()
+                    await stop_leftover_playbacks(self)
                 await self._run_actions()
                 self._transition(CallState.ENDING, "hangup" if self.gone.is_set() else "ncco_done")
                 await self.gateway.hangup(self.channel_id)
@@ -378,117 +283,6 @@ class CallSession:
             self._save_progress()
             self._transition(CallState.RUNNING, "ncco")
 
-    async def _dial_out(self, request: OutboundCall) -> list[Action] | None:
-        """Ring the destination; once answered, the NCCO given or fetched from answer_url."""
-        self.status("started")
-        dialer = self.engine.dialer
-        if isinstance(request.to, WebsocketEndpoint):
-            if not await open_websocket_leg(self, request.to):
-                self.final_status = "failed"
-                self.status("failed")
-                self.gone.set()
-                return None
-            self._mark_answered(request)
-            return await self._outbound_ncco(request)
-        try:
-            endpoint = (dialer.phone_endpoint(request.to.number)
-                        if isinstance(request.to, PhoneEndpoint)
-                        else dialer.sip_endpoint(request.to.uri))
-        except NoRoute as exc:
-            self.error(str(exc))
-            self.final_status = "failed"
-            self.status("failed")
-            self.gone.set()
-            return None
-        target = DialTarget(self.uuid, endpoint, request.to_address, request.from_number,
-                            channel_id=self.channel_id)
-
-        def on_status(leg: Leg, status: str) -> None:
-            self._ringing_leg = leg
-            if status == "ringing":
-                self.status("ringing")
-
-        try:
-            winner, legs = await dialer.dial([target], request.ringing_timer_s, on_status)
-        finally:
-            self._ringing_leg = None
-        if winner is None:
-            dialer.release(legs[0])
-            outcome = legs[0].outcome
-            self.final_status = outcome.value if outcome is not None else "failed"
-            if outcome in (LegOutcome.BUSY, LegOutcome.REJECTED, LegOutcome.UNANSWERED):
-                self.disconnected_by = "user"  # the far end turned the call down
-            self.status(self.final_status)
-            self.gone.set()  # nothing to hang up: the leg never came up
-            return None
-        self._mark_answered(request)
-        if request.machine_detection in ("continue", "hangup"):
-            verdict = await detect_machine(self.gateway, winner)
-            self.status("machine" if verdict == "MACHINE" else "human")
-            if verdict == "MACHINE" and request.machine_detection == "hangup":
-                await self.gateway.hangup(self.channel_id)
-                self.gone.set()
-                return None
-        # From now on the answered channel's events are the session's.
-        self.gateway.route(f"channel:{self.channel_id}", self.on_event)
-        if winner.ended.is_set():
-            self.gone.set()
-            return None
-        return await self._outbound_ncco(request)
-
-    def _mark_answered(self, request: OutboundCall) -> None:
-        self.answered = datetime.now(UTC)
-        self.engine.store.mark_answered(self.uuid, ev.timestamp(self.answered))
-        self.status("answered")
-        self.spawn(self._length_timer(request.length_timer_s), "length-timer")
-
-    async def _outbound_ncco(self, request: OutboundCall) -> list[Action] | None:
-        if request.ncco is not None:
-            return request.ncco
-        return await self._fetch_answer_ncco()
-
-    async def _length_timer(self, seconds: int) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.gone.wait(), seconds)
-        if not self.gone.is_set():
-            self.log.info("call.length_timer_expired", seconds=seconds)
-            await self.gateway.hangup(self.channel_id)
-
-    async def _fetch_answer_ncco(self) -> list[Action] | None:
-        params = {
-            "to": self.record.to_number,
-            "from": self.record.from_number,
-            "uuid": self.uuid,
-            "conversation_uuid": self.conversation_uuid,
-        }
-        request = WebhookRequest(
-            url=self.app.answer_url, method=self.app.answer_method, data=params
-        )
-        result = await self.engine.webhooks.send_with_fallback(
-            request,
-            self.app.fallback_answer_url,
-            self._parse_runnable,
-            self.engine.timeouts(self.app, event=False),
-            self.engine.signer(self.app),
-            kind="answer",
-        )
-        if result.value is not None:
-            if result.source == "fallback":
-                self.error(f"answer_url failed ({result.reason}); used fallback_answer_url")
-            return result.value
-        self.error(f"no NCCO: {result.error}")
-        return None
-
-    def _parse_runnable(self, response: WebhookResponse) -> list[Action]:
-        primary = response.request.url == self.app.answer_url
-        require_json_content_type(response, "answer_url" if primary else "fallback_answer_url")
-        try:
-            actions = parse_ncco_bytes(response.body)
-            self.engine.check_runnable(actions)
-        except NccoError as exc:
-            raise ParseError(f"invalid NCCO: {exc}") from None
-        return actions
-
     async def _run_actions(self) -> None:
         while self.position < len(self.actions) and not self.gone.is_set():
             action = self.actions[self.position]
@@ -503,7 +297,7 @@ class CallSession:
             self.position += 1
 
     async def _run_one(self, action: Action) -> list[Action] | None:
-        runner = self.engine.runner(action.action)
+        runner = self._runners[action.action]
         if action.NEEDS_MEDIA:
             await self.ensure_answered()
         self.log.debug("action.start", action=action.action, position=self.position)
@@ -551,7 +345,7 @@ class CallSession:
         if key == self._saved:
             return
         self._saved = key
-        self.engine.store.update_progress(
+        self.store.update_progress(
             self.uuid, dump_ncco(self.actions), self.position, self.replacements
         )
 
@@ -589,7 +383,7 @@ class CallSession:
         self._transition(CallState.ENDED, "completed")
         # Nothing to wait for: the outbox delivers the events, also after a restart. If the
         # completed event could not be written, the live row is kept and a reconcile sends it.
-        self.engine.forget(self, in_store=not send_completed)
+        self._on_ended(self, not send_completed)
 
     def _transition(self, new: CallState, event: str) -> None:
         if new is self.state:
@@ -600,26 +394,4 @@ class CallSession:
             RECORDER.call_state(self.uuid, new.value, event, self.final_status, self.hangup_cause)
 
 
-def _playback_finished(playback_id: str) -> Callable[[Event], bool]:
-    return lambda e: (e.get("type") == "PlaybackFinished"
-                      and e.get("playback", {}).get("id") == playback_id)
-
-
-def _optional_ncco(response: WebhookResponse) -> list[Action] | None:
-    """An event reply: an NCCO replaces the running one; an empty or non-array body does not."""
-    body = response.body.strip()
-    if not body or not body.startswith(b"["):
-        return None
-    try:
-        return parse_ncco_bytes(body)
-    except NccoError as exc:
-        raise ParseError(f"invalid NCCO in event reply: {exc}") from None
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-__all__ = ["CallSession", "CallState", "WaitOutcome", "parse_ncco"]
+__all__ = ["CallSession", "CallState"]

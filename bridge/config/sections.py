@@ -124,8 +124,6 @@ class TrunkConfig(_Strict):
     port: int = Field(5060, ge=1, le=65535)
     transport: Literal["udp", "tcp", "tls"] = "udp"
     endpoint: str = Field("trunk-out", description="the PJSIP endpoint Asterisk dials through")
-    caller_id: Literal["pass", "fixed"] = "pass"
-    fixed_caller_id: str | None = None
 
 
 class RouteConfig(_Strict):

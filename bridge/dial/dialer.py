@@ -19,6 +19,7 @@ import structlog
 
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import AriGateway, Event, new_id
+from bridge.ari.waits import EventWaits
 from bridge.config import Config
 from bridge.dial.outcome import LegOutcome, outcome_from_cause
 from bridge.timeline import RECORDER
@@ -67,8 +68,9 @@ class Leg:
     on_status: Callable[[Leg, str], None] | None = None
     ring_timeout_s: float = 60.0
     dialled_at: float | None = None
-    #: Extra subscribers to this leg's events (e.g. a playback waiting to finish).
-    listeners: list[Callable[[Event], None]] = field(default_factory=list)
+    #: Subscribe-before-act waits on this leg's events (a playback to the callee); they
+    #: resolve HANGUP when the leg ends.
+    waits: EventWaits = field(default_factory=EventWaits)
 
     @property
     def uuid(self) -> str:
@@ -103,8 +105,7 @@ class Leg:
             if kind == "StasisEnd" and (self.outcome is None or self.away):
                 return  # wait for the destroy (which carries the cause), or for its return
             self._end()
-        for listener in list(self.listeners):
-            listener(event)
+        self.waits.dispatch(event)
 
     def _end(self) -> None:
         if self.outcome is None:
@@ -119,6 +120,7 @@ class Leg:
             self.settled.set()
             self._status(self.outcome.value)
         self.ended.set()
+        self.waits.end(None)
 
     def cancel(self) -> None:
         """Mark a leg we are hanging up ourselves (not the far end's doing)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from bridge.ari.errors import AriError
 from bridge.ari.gateway import AriGateway
 from bridge.dial.dialer import Leg
 
@@ -31,3 +33,15 @@ async def join_until_one_leaves(
         for wait in waits:
             wait.cancel()
     return not done
+
+
+async def tear_down_join(gateway: AriGateway, bridge_id: str, caller_channel: str,
+                         caller_gone: asyncio.Event, leg: Leg) -> None:
+    """Undo :func:`join_until_one_leaves`: hang the leg up, take the caller (still there)
+    out of the bridge, destroy the bridge."""
+    if not leg.ended.is_set():
+        await gateway.hangup(leg.channel_id)
+    if not caller_gone.is_set():
+        await gateway.remove_from_bridge(bridge_id, caller_channel)
+    with contextlib.suppress(AriError):
+        await gateway.destroy_bridge(bridge_id)

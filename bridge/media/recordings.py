@@ -21,7 +21,7 @@ import contextlib
 import re
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,76 +31,18 @@ import structlog
 from bridge.ari.errors import AriError
 from bridge.media.audio import run_tool
 from bridge.media.errors import MediaError
+from bridge.media.files import FileStore
 
 if TYPE_CHECKING:
-    from bridge.api.files import FileStore
     from bridge.ari.gateway import AriGateway
 
 log = structlog.get_logger(__name__)
 
-Event = dict[str, Any]
 Layout = Literal["mono", "split"]
 FORMATS = ("wav", "mp3", "ogg")
 _UUID_STEM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: Seconds sox may take to mix and encode one recording.
 CONVERT_TIMEOUT_S = 120.0
-
-
-class EventTap:
-    """Events of one ARI resource we created (a snoop channel, a conference bridge), with
-    subscribe-before-act waits. Routed by the gateway to ``on_event`` (synchronous)."""
-
-    def __init__(self, gateway: AriGateway, key: str,
-                 on_event: Callable[[Event], None] | None = None) -> None:
-        self.gateway = gateway
-        self.key = key
-        self.seen: list[Event] = []
-        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
-        self._extra = on_event
-        gateway.route(key, self.on_event)
-
-    def on_event(self, event: Event) -> None:
-        self.seen.append(event)
-        del self.seen[:-200]  # bounded
-        for item in list(self._waiters):
-            predicate, future = item
-            if future.done():
-                self._waiters.remove(item)
-            elif predicate(event):
-                future.set_result(event)
-                self._waiters.remove(item)
-        if self._extra is not None:
-            self._extra(event)
-
-    def expect(self, predicate: Callable[[Event], bool], past: bool = True
-               ) -> asyncio.Future[Event]:
-        """A future for the first event matching ``predicate`` (also one already seen)."""
-        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        if past:
-            for event in self.seen:
-                if predicate(event):
-                    future.set_result(event)
-                    return future
-        self._waiters.append((predicate, future))
-        return future
-
-    def close(self) -> None:
-        self.gateway.unroute(self.key)
-        for _, future in self._waiters:
-            if not future.done():
-                future.cancel()
-        self._waiters.clear()
-
-
-def is_type(*types: str) -> Callable[[Event], bool]:
-    return lambda event: event.get("type") in types
-
-
-def recording_ended(name: str) -> Callable[[Event], bool]:
-    return lambda event: (
-        event.get("type") in ("RecordingFinished", "RecordingFailed")
-        and (event.get("recording") or {}).get("name") == name
-    )
 
 
 @dataclass
@@ -123,8 +65,8 @@ class RecordingService:
     _sweeper: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------------- tasks
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run ``coro`` beside any call (finishing a recording outlives the call)."""
+    def run_detached(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` apart from any call: finishing a recording outlives the call."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -246,4 +188,4 @@ async def probe_duration(path: Path) -> float:
         return 0.0
 
 
-__all__ = ["EventTap", "RecordingService", "StoredRecording", "combine", "probe_duration"]
+__all__ = ["RecordingService", "StoredRecording", "combine", "probe_duration"]

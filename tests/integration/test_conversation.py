@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from bridge.calls import conferences
 from bridge.lab import LabInfo
 from bridge.lab.pcap import tone_samples, write_rtp_pcap
 from bridge.lab.sipp import Audio, HangUp, Pause, RtpReceiver, SippResult, Step, place_call
+from bridge.ncco.actions.conversation import rooms
 from tests.integration.harness import WebhookApp, new_number
 from tests.integration.test_record import (
     band_power,
@@ -164,7 +164,7 @@ async def test_music_until_the_moderator_joins_and_end_on_exit_hangs_up_everybod
 
 async def test_a_full_room_sends_an_error_and_the_ncco_goes_on(
         bridge, webhooks, lab, monkeypatch):
-    monkeypatch.setattr(conferences, "MAX_PARTICIPANTS", 1)
+    monkeypatch.setattr(rooms, "MAX_PARTICIPANTS", 1)
     room = f"room-{new_number()}"
     inside, late = new_number(), new_number()
     after = webhooks.hook(f"after-full-{late}", {})
@@ -249,7 +249,7 @@ async def test_can_speak_and_can_hear_give_each_listener_its_own_mix(
 
 
 async def test_a_matrix_room_is_capped(bridge, webhooks, lab, monkeypatch):
-    monkeypatch.setattr(conferences, "MAX_MATRIX_PARTICIPANTS", 1)
+    monkeypatch.setattr(rooms, "MAX_MATRIX_PARTICIPANTS", 1)
     room = f"room-{new_number()}"
     inside, late = new_number(), new_number()
     webhooks.answer(inside, [room_action(room)])

@@ -278,7 +278,7 @@ async def test_dial_whom_each_unique_number_once_then_nobody_answered(
 
 @pytest.mark.parametrize("case", ["http 500", "not json", "no destination", "limit",
                                   "bad audio_url", "timeout"])
-async def test_json_fallback_cases(exotel, applet_app, lab, case):
+async def test_json_fallback_cases(exotel, applet_app, lab, webhooks, case):
     applet = new_applet(applet_app)
     primary = {
         "http 500": Reply(status=500),
@@ -299,7 +299,11 @@ async def test_json_fallback_cases(exotel, applet_app, lab, case):
         assert result.sip.ok, result.sip.errors
         await applet_app.wait_for(lambda: applet.outcomes() == ["after_conversation"])
         assert len(applet_app.of(applet.fallback)) == 1
-        assert agent.invites() == 1
+        assert agent.invites() == 1  # only the fallback's agent, once
+        await webhooks.wait_completed(applet.number)
+        [error] = webhooks.errors(applet.number)
+        assert error.startswith("connect applet: primary URL failed (")
+        assert error.endswith("); used fallback URL")
 
 
 async def test_both_urls_failing_means_nobody_was_dialled(exotel, applet_app, lab, webhooks):
@@ -448,9 +452,15 @@ async def test_dial_whom_fallback_rules(exotel, applet_app, lab, webhooks, case)
             await webhooks.wait_for(lambda: len(skipped(webhooks, applet.number)) == 2)
             assert skipped(webhooks, applet.number) == [("nobody", "invalid format"),
                                                          ("here", "invalid format")]
+            await webhooks.wait_completed(applet.number)
+            assert webhooks.errors(applet.number) == []  # skips are events, not errors
         else:
             await applet_app.wait_for(lambda: applet.outcomes() == ["after_conversation"])
             assert len(applet_app.of(applet.fallback)) == 1 and agent.invites() == 1
+            await webhooks.wait_completed(applet.number)
+            [error] = webhooks.errors(applet.number)
+            assert error.startswith("connect applet: primary URL failed (")
+            assert error.endswith("); used fallback URL")
 
 
 async def test_dial_whom_invalid_numbers_are_reported_and_the_valid_one_dialled(

@@ -123,7 +123,7 @@ class FakeSession:
     async def hang_up(self) -> None:
         self.hung_up = True
 
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def run_beside(self, coro: Any, name: str) -> asyncio.Task[Any]:
         coro.close()  # nothing plays here: no Asterisk behind the fake
         self.spawned.append(name)
         return asyncio.ensure_future(asyncio.sleep(0))
@@ -147,6 +147,11 @@ class FakeEngine:
 
     def media_uri(self, media_id: str) -> str:
         return f"sound:{self.public_url()}/media/{media_id}.wav"
+
+    @property
+    def services(self) -> FakeEngine:
+        """The shared services the API uses (here: the media URIs above)."""
+        return self
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bridge.calls import events as ev
+from bridge.webhooks import payloads as ev
 
 
 def test_error_event_is_named_an_error_and_keeps_its_fields() -> None:

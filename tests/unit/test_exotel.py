@@ -8,18 +8,15 @@ from typing import Any
 
 import pytest
 
-# Loaded first, as in the product: the action table imports the applet (importing the applet
-# module on its own runs into the table half-built).
-import bridge.ncco.actions  # noqa: F401
 from bridge.config import ConfigError, load_config
-from bridge.connect.applet import dial_call_status, skip_label
-from bridge.connect.params import (
+from bridge.dial.outcome import LegOutcome
+from bridge.exotel.applet import dial_call_status, skip_label
+from bridge.exotel.params import (
     contact_kind,
     parse_dial_whom,
     parse_json,
     request_params,
 )
-from bridge.dial.outcome import LegOutcome
 from bridge.webhooks import ParseError, WebhookRequest, WebhookResponse
 
 SEED_SAMPLE = {

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from bridge.api.files import FileStore
-from bridge.calls import conferences
-from bridge.calls.conferences import ConferenceRegistry, Member, Room, RoomFull, may_hear
+from bridge.media.files import FileStore
 from bridge.media.recordings import RecordingService, combine
+from bridge.ncco.actions.conversation import rooms
+from bridge.ncco.actions.conversation.rooms import Member, Room, RoomFull, RoomRegistry, may_hear
 from bridge.ncco.actions.record import is_synchronous
 from bridge.ncco.models import Conversation, Record, parse_ncco
 
@@ -160,6 +160,11 @@ class FakeGateway:
         return out
 
 
+def registry_of(gateway: FakeGateway) -> RoomRegistry:
+    """Rooms on a fake gateway: the only service these tests' rooms use."""
+    return RoomRegistry(SimpleNamespace(gateway=gateway))  # type: ignore[arg-type]
+
+
 def member(uuid: str, **fields: Any) -> Member:
     call = SimpleNamespace(uuid=uuid, channel_id=f"chan-{uuid}", gone=asyncio.Event(),
                            app=SimpleNamespace(id="main"))
@@ -176,7 +181,7 @@ def test_may_hear_needs_both_lists_to_allow_the_pair() -> None:
 
 async def test_a_plain_room_is_one_bridge_and_mute_is_a_channel_mute() -> None:
     gateway = FakeGateway()
-    room = Room(ConferenceRegistry(gateway), "main", "r")  # type: ignore[arg-type]
+    room = Room(registry_of(gateway), "main", "r")
     await room.open()
     for m in (member("a"), member("quiet", mute=True)):
         room.members[m.leg] = m
@@ -188,7 +193,7 @@ async def test_a_plain_room_is_one_bridge_and_mute_is_a_channel_mute() -> None:
 
 async def test_a_matrix_room_feeds_each_listener_and_follows_the_membership() -> None:
     gateway = FakeGateway()
-    registry = ConferenceRegistry(gateway)  # type: ignore[arg-type]
+    registry = registry_of(gateway)
     b = member("b")
     room, _ = await registry.join(b.call, b.action)  # type: ignore[arg-type]
     assert not room.matrix and gateway.bridges[room.bridge_id] == {"chan-b"}
@@ -211,8 +216,8 @@ async def test_a_matrix_room_feeds_each_listener_and_follows_the_membership() ->
 
 
 async def test_a_matrix_room_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conferences, "MAX_MATRIX_PARTICIPANTS", 2)
-    registry = ConferenceRegistry(FakeGateway())  # type: ignore[arg-type]
+    monkeypatch.setattr(rooms, "MAX_MATRIX_PARTICIPANTS", 2)
+    registry = registry_of(FakeGateway())
     for m in (member("a"), member("b")):
         await registry.join(m.call, m.action)  # type: ignore[arg-type]
     coach = member("coach", canSpeak=["a"])
@@ -224,7 +229,7 @@ async def test_a_matrix_room_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_a_muted_member_is_unmuted_when_the_room_becomes_a_matrix() -> None:
     gateway = FakeGateway()
-    registry = ConferenceRegistry(gateway)  # type: ignore[arg-type]
+    registry = registry_of(gateway)
     quiet, other = member("quiet", mute=True), member("other")
     await registry.join(quiet.call, quiet.action)  # type: ignore[arg-type]
     await registry.join(other.call, other.action)  # type: ignore[arg-type]

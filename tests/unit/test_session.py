@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.calls.engine import CallEngine
-from bridge.calls.session import CallSession, CallState
+from bridge.calls.session import CallState
 from bridge.calls.store import CallRecord, CallStore
 from bridge.config import load_config
 from bridge.media import MediaItem
@@ -113,6 +113,10 @@ class Harness:
                  hooks: dict[str, Any] | None = None, max_replacements: int = 25,
                  playback_margin_s: float = 15.0) -> None:
         config = load_config(None, environ={}, overrides={
+            # Everything the engine opens (the call store, the agent store beside it, the
+            # recordings) under the test's own directory.
+            "store": {"path": str(tmp_path / "calls.sqlite3")},
+            "recordings": {"path": str(tmp_path / "recordings")},
             "media": {"playback_margin_s": playback_margin_s},
             "applications": [{"id": "app", "answer_url": "http://hooks/answer",
                               "event_url": "http://hooks/event",
@@ -121,7 +125,7 @@ class Harness:
         })
         self.gateway = FakeGateway()
         self.webhooks = FakeWebhooks({"http://hooks/answer": answer, **(hooks or {})})
-        store = CallStore(tmp_path / "calls.sqlite3")
+        store = CallStore(config.store.path)
         self.outbox = StoredEvents(store)
         self.engine = CallEngine(config, self.gateway, self.webhooks, FakeMedia(),  # type: ignore[arg-type]
                                  store, lambda: "http://bridge")
@@ -297,7 +301,7 @@ async def test_resumed_call_stops_the_previous_bridges_playback_before_playing_a
         started_at="2026-01-01T00:00:00.000Z", answered_at="2026-01-01T00:00:01.000Z",
         ncco=talk, position=0)
     h.engine.store.save(record)
-    session = CallSession(h.engine, record, h.engine.parse(talk), resumed=True)
+    session = h.engine.new_session(record, h.engine.parse(talk), resumed=True)
     leftover = session.action_playback_ids()[0]
     h.gateway.playing.add(leftover)  # the dead bridge's chunk, still on the channel
     h.engine._start(session)

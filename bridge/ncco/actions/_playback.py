@@ -11,7 +11,7 @@ length plus the margin (``media.playback_margin_s``), and finish within the same
 started.
 
 The NCCO's own playbacks have ids derived from the call and the action's place in it
-(``CallSession.action_playback_ids``), so a bridge that resumes the call after a restart can
+(``CallContext.action_playback_ids``), so a bridge that resumes the call after a restart can
 stop what its predecessor left playing before it plays the prompt again.
 """
 
@@ -20,15 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.calls.session import Waiter, WaitOutcome
+from bridge.ari.waits import Waiter, WaitOutcome, playback_event, playback_finished
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
     from bridge.media import MediaItem
+    from bridge.ncco.context import CallContext
 
 #: Copies queued per play request when looping until the call ends (loop=0).
 ENDLESS_CHUNK = 10
@@ -43,16 +43,16 @@ class PlayResult(enum.Enum):
 
 
 async def play_item(
-    call: CallSession, item: MediaItem, loop: int, barge_in: bool, what: str
+    call: CallContext, item: MediaItem, loop: int, barge_in: bool, what: str
 ) -> None:
     """Play a media-store file the way talk and stream do: to the end, or, with bargeIn,
     beside the rest of the NCCO (asynchronous by the reference) until a key stops it.
     A playback Asterisk could not do becomes an error event naming ``what``."""
-    uri = call.engine.media_uri(item.media_id)
+    uri = call.services.media_uri(item.media_id)
     # Taken now: a barge-in prompt keeps the ids of its own action while the NCCO moves on.
     ids = call.action_playback_ids()
     if barge_in:
-        call.spawn(play(call, uri, loop, item.duration_s, True, ids), what)
+        call.run_beside(play(call, uri, loop, item.duration_s, True, ids), what)
         return
     result = await play(call, uri, loop, item.duration_s, False, ids)
     if result in (PlayResult.FAILED, PlayResult.TIMEOUT):
@@ -60,7 +60,7 @@ async def play_item(
 
 
 async def play(
-    call: CallSession, media_uri: str, loop: int, duration_s: float, barge_in: bool,
+    call: CallContext, media_uri: str, loop: int, duration_s: float, barge_in: bool,
     ids: tuple[str, str] | None = None,
 ) -> PlayResult:
     """Play ``media_uri`` ``loop`` times (0 = until the call ends). ``duration_s`` is the
@@ -83,10 +83,6 @@ async def play(
     return await _play_once(call, [media_uri] * loop, duration_s * loop, barge_in, next_id())
 
 
-def _playback_event(kind: str, playback_id: str) -> Any:
-    return lambda e: e.get("type") == kind and e.get("playback", {}).get("id") == playback_id
-
-
 async def _first(waiters: list[Waiter], timeout_s: float) -> Waiter | None:
     """The first of ``waiters`` to resolve within ``timeout_s`` seconds, or None."""
     futures = {asyncio.ensure_future(w.wait(None)): w for w in waiters}
@@ -101,11 +97,11 @@ async def _first(waiters: list[Waiter], timeout_s: float) -> Waiter | None:
 
 
 async def _play_once(
-    call: CallSession, media: list[str], duration_s: float, barge_in: bool, playback_id: str
+    call: CallContext, media: list[str], duration_s: float, barge_in: bool, playback_id: str
 ) -> PlayResult:
-    margin_s = call.engine.config.media.playback_margin_s
-    finished = call.expect(_playback_event("PlaybackFinished", playback_id))
-    started = call.expect(_playback_event("PlaybackStarted", playback_id))
+    margin_s = call.services.config.media.playback_margin_s
+    finished = call.expect(playback_event("PlaybackFinished", playback_id))
+    started = call.expect(playback_event("PlaybackStarted", playback_id))
     keyed = call.expect(lambda e: e.get("type") == "ChannelDtmfReceived") if barge_in else None
     keys = [keyed] if keyed is not None else []
     stopped = False
@@ -132,8 +128,28 @@ async def _play_once(
         return PlayResult.FAILED if state == "failed" else PlayResult.DONE
     finally:
         for waiter in (finished, started, *keys):
-            call.forget(waiter)
+            call.stop_waiting(waiter)
         if not stopped and not call.gone.is_set():
             # Cancelled (new NCCO), barged in or stuck: the prompt must not go on playing.
             with contextlib.suppress(AriError):
                 await asyncio.shield(call.gateway.stop_playback(playback_id))
+
+
+#: Seconds a resumed call waits for Asterisk to let go of a playback it was asked to stop.
+LEFTOVER_STOP_WAIT_S = 2.0
+
+
+async def stop_leftover_playbacks(call: CallContext) -> None:
+    """On resume: stop the running action's playback that the previous bridge started,
+    and wait (bounded) until Asterisk has finished with it, so that the action plays
+    again at once, with the same ids, instead of queueing behind it."""
+    for playback_id in call.action_playback_ids():
+        finished = call.expect(playback_finished(playback_id))
+        try:
+            if await call.gateway.stop_playback(playback_id):
+                call.log.info("call.leftover_playback_stopped", playback_id=playback_id)
+                await finished.wait(LEFTOVER_STOP_WAIT_S)
+        except AriError as exc:
+            call.log.warning("call.leftover_playback_not_stopped", error=str(exc))
+        finally:
+            call.stop_waiting(finished)

@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.calls import events as ev
-from bridge.calls.session import WaitOutcome
+from bridge.ari.waits import WaitOutcome
 from bridge.media.asr import (
     AsrError,
     AsrProvider,
@@ -43,9 +42,10 @@ from bridge.media.asr import (
     voiced_seconds,
 )
 from bridge.ncco.models import Action, Input, NccoError, SpeechSettings
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 #: Seconds allowed beyond a segment's own limit for Asterisk to report it finished.
 MARGIN_S = 10.0
@@ -61,10 +61,10 @@ def check(action: Input, index: int) -> None:
         raise NccoError("type must name dtmf, speech or both", f"[{index}].type")
 
 
-def provider_for(call: CallSession) -> AsrProvider:
-    """The engine's ASR provider (``engine.asr``), else the embedded default."""
+def provider_for(call: CallContext) -> AsrProvider:
+    """The bridge's ASR provider (``services.asr``), else the embedded default."""
     global _default_provider
-    provider = getattr(call.engine, "asr", None)
+    provider = call.services.asr
     if provider is not None:
         return provider
     if _default_provider is None:
@@ -72,7 +72,7 @@ def provider_for(call: CallSession) -> AsrProvider:
     return _default_provider
 
 
-async def collect(call: CallSession, action: Input) -> tuple[str, bool]:
+async def collect(call: CallContext, action: Input) -> tuple[str, bool]:
     """Digits until maxDigits, '#' (submitOnHash) or timeOut seconds without a key."""
     settings = action.dtmf
     digits = ""
@@ -86,10 +86,10 @@ async def collect(call: CallSession, action: Input) -> tuple[str, bool]:
     return digits, False
 
 
-async def run(call: CallSession, action: Input) -> list[Action] | None:
+async def run(call: CallContext, action: Input) -> list[Action] | None:
     payload: dict[str, Any] = {
-        "from": call.record.from_number,
-        "to": call.record.to_number,
+        "from": call.from_number,
+        "to": call.to_number,
         "uuid": call.uuid,
         "conversation_uuid": call.conversation_uuid,
     }
@@ -136,7 +136,7 @@ class _Segment:
     cause: str = ""
 
 
-async def listen(call: CallSession, speech: SpeechSettings, keys_end_it: bool) -> Heard | None:
+async def listen(call: CallContext, speech: SpeechSettings, keys_end_it: bool) -> Heard | None:
     """Capture the caller's speech and recognise it. None if the caller hung up."""
     if keys_end_it and call.dtmf.digits:
         return Heard(keyed=True)  # keys pressed during a barge-in prompt win
@@ -207,14 +207,14 @@ async def listen(call: CallSession, speech: SpeechSettings, keys_end_it: bool) -
         }
         if speech.save_audio:
             # What was recognised, as one WAV served like a recording (JWT-authenticated).
-            files = call.engine.recordings.files
+            files = call.services.recordings.files
             file_id = files.add(joined, call.app.id)
-            payload["recording_url"] = files.url(call.engine.public_url(), file_id)
+            payload["recording_url"] = files.url(call.services.public_url(), file_id)
     return Heard(payload=payload)
 
 
 async def _record_segment(
-    call: CallSession, speech: SpeechSettings, max_s: float, stop_at: float | None,
+    call: CallContext, speech: SpeechSettings, max_s: float, stop_at: float | None,
     keys_end_it: bool,
 ) -> _Segment:
     """One ARI recording: subscribe, start, wait for its end (or stop it at ``stop_at``)."""
@@ -273,9 +273,9 @@ async def _record_segment(
             return _Segment(name, "max_duration")
         return _Segment(name, "silence")
     finally:
-        call.forget(finished)
+        call.stop_waiting(finished)
         if keyed is not None:
-            call.forget(keyed)
+            call.stop_waiting(keyed)
         if live and not call.gone.is_set():
             # Cancelled (a new NCCO, a key press): discard the live recording.
             with contextlib.suppress(AriError):

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from bridge.ncco.models import Action, Notify
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 
-async def run(call: CallSession, action: Notify) -> list[Action] | None:
+async def run(call: CallContext, action: Notify) -> list[Action] | None:
     return await call.ask_for_ncco(action.event_url[0], action.event_method, action.payload)

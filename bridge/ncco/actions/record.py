@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bridge.api.files import FileStore
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.calls import events as ev
+from bridge.ari.waits import EventTap, is_type, playback_finished, recording_ended
 from bridge.media.errors import MediaError
-from bridge.media.recordings import EventTap, StoredRecording, is_type, recording_ended
+from bridge.media.recordings import StoredRecording
 from bridge.ncco.models import Action, Record
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ def is_synchronous(action: Record) -> bool:
     return bool(SYNCHRONOUS_FIELDS & action.model_fields_set)
 
 
-async def run(call: CallSession, action: Record) -> list[Action] | None:
+async def run(call: CallContext, action: Record) -> list[Action] | None:
     recording = CallRecording(call, action)
     try:
         await recording.start()
@@ -64,22 +64,19 @@ async def run(call: CallSession, action: Record) -> list[Action] | None:
     if is_synchronous(action):
         await recording.run_until_done()
     else:
-        call.spawn(recording.run_until_done(), "record")
+        call.run_beside(recording.run_until_done(), "record")
     return None
 
 
-async def beep(call: CallSession) -> None:
+async def beep(call: CallContext) -> None:
     """A short beep to the caller; returns once it has played (bounded)."""
     playback_id = new_id()
-    finished = call.expect(
-        lambda e: e.get("type") == "PlaybackFinished"
-        and e.get("playback", {}).get("id") == playback_id
-    )
+    finished = call.expect(playback_finished(playback_id))
     try:
         await call.gateway.play(call.channel_id, [BEEP], playback_id)
         await finished.wait(BEEP_S)
     finally:
-        call.forget(finished)
+        call.stop_waiting(finished)
         with contextlib.suppress(AriError):
             await asyncio.shield(call.gateway.stop_playback(playback_id))
 
@@ -89,7 +86,7 @@ class CallRecording:
 
     SIDES = ("in", "out")  # the caller's voice, then what the caller hears
 
-    def __init__(self, call: CallSession, action: Record) -> None:
+    def __init__(self, call: CallContext, action: Record) -> None:
         self.call = call
         self.action = action
         self.gateway = call.gateway
@@ -135,7 +132,8 @@ class CallRecording:
             await self._wait_condition()
             await self.stop()
         finally:
-            self.call.engine.recordings.spawn(self.finish(), f"record-finish:{self.call.uuid}")
+            self.call.services.recordings.run_detached(self.finish(),
+                                                       f"record-finish:{self.call.uuid}")
 
     async def _wait_condition(self) -> None:
         call, action = self.call, self.action
@@ -155,7 +153,7 @@ class CallRecording:
             for w in waits:
                 w.cancel()
             if key_waiter is not None:
-                call.forget(key_waiter)
+                call.stop_waiting(key_waiter)
         if key_waiter is not None and key_waiter.future.done() and not call.gone.is_set():
             # The key ended the recording; it is not input for a later action.
             with contextlib.suppress(ValueError):
@@ -190,7 +188,7 @@ class CallRecording:
         await self.stop()
         split = action.split == "conversation" and (action.channels or 2) >= 2
         try:
-            stored = await call.engine.recordings.store(
+            stored = await call.services.recordings.store(
                 [self.names["in"], self.names["out"]], "split" if split else "mono",
                 action.format, action.channels or 2, call.app.id)
         except (MediaError, AriError) as exc:
@@ -206,7 +204,7 @@ class CallRecording:
         self._send({
             "start_time": ev.timestamp(started),
             "end_time": ev.timestamp(ended),
-            "recording_url": FileStore.url(call.engine.public_url(), stored.file_id),
+            "recording_url": call.services.file_url(stored.file_id),
             "size": stored.size,
             "recording_uuid": self.recording_uuid,
             "conversation_uuid": call.conversation_uuid,

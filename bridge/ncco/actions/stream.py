@@ -13,10 +13,10 @@ from bridge.ncco.actions._playback import play_item
 from bridge.ncco.models import Action, Stream
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 
-async def run(call: CallSession, action: Stream) -> list[Action] | None:
+async def run(call: CallContext, action: Stream) -> list[Action] | None:
     url = action.stream_url[0]
     try:
         item = await call.media.fetch(url, action.level)

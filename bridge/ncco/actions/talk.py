@@ -9,7 +9,7 @@ from bridge.ncco.actions._playback import play_item
 from bridge.ncco.models import Action, NccoError, Talk
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 
 def check(action: Talk, index: int) -> None:
@@ -24,7 +24,7 @@ def check(action: Talk, index: int) -> None:
         raise NccoError(str(exc), f"[{index}].{field}") from None
 
 
-async def run(call: CallSession, action: Talk) -> list[Action] | None:
+async def run(call: CallContext, action: Talk) -> list[Action] | None:
     voice = resolve_voice(action.voice_name, action.language, action.style)
     try:
         item = await call.media.tts(action.text, voice, action.level)

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from bridge.ncco.models import Action, Wait
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 
-async def run(call: CallSession, action: Wait) -> list[Action] | None:
+async def run(call: CallContext, action: Wait) -> list[Action] | None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(call.gone.wait(), action.timeout)
     return None

@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from bridge.api.files import FileStore
 from bridge.ari.errors import AriError
 from bridge.media.recordings import StoredRecording
 from bridge.ncco.actions.record import CallRecording
 from bridge.ncco.models import Record
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +47,7 @@ def record_action(channels: Literal["single", "dual"]) -> Record:
 class ConversationRecording:
     """One recorded conversation of one applet run."""
 
-    def __init__(self, call: CallSession, channels: Literal["single", "dual"]) -> None:
+    def __init__(self, call: CallContext, channels: Literal["single", "dual"]) -> None:
         self.call = call
         self.channels = channels
         self.capture = CallRecording(call, record_action(channels))
@@ -74,7 +73,7 @@ class ConversationRecording:
         """Stop capturing (idempotent); the file is made and stored beside the call."""
         await self.capture.stop()
         if self._started and self._finished is None:
-            self._finished = self.call.engine.recordings.spawn(
+            self._finished = self.call.services.recordings.run_detached(
                 self.capture.finish(), f"connect-record-finish:{self.call.uuid}")
 
     async def wait_stored(self, timeout_s: float = RECORDING_WAIT_S) -> str | None:
@@ -91,7 +90,7 @@ class ConversationRecording:
             self.log.warning("connect.recording_failed", error=repr(exc))
             return None
         if stored is not None:
-            self.url = FileStore.url(self.call.engine.public_url(), stored.file_id)
+            self.url = self.call.services.file_url(stored.file_id)
         return self.url
 
 

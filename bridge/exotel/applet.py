@@ -1,4 +1,4 @@
-"""The Connect applet, run inside the caller's CallSession as an internal action.
+"""The Connect applet, run inside the caller's CallContext as an internal action.
 
 1. Ask the Primary URL (GET, Exotel's query parameters); on the dialect's failure rules ask the
    Fallback URL; if both fail, "nobody was dialled".
@@ -18,13 +18,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid as uuidlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import structlog
 from pydantic import BaseModel
@@ -32,40 +29,38 @@ from pydantic import BaseModel
 from bridge import metrics
 from bridge.agents.leases import HeldAgents
 from bridge.agents.store import agent_key
-from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.calls import events as ev
-from bridge.config import AppletTransition, ConnectAppletConfig
-from bridge.connect.params import (
-    EXOTEL_VERSION,
+from bridge.config import ConnectAppletConfig
+from bridge.dial.dialer import DialTarget, Leg
+from bridge.dial.join import join_until_one_leaves, tear_down_join
+from bridge.dial.outcome import LegOutcome
+from bridge.exotel.candidates import INVALID_FORMAT, Candidate, find_candidate, skip_label
+from bridge.exotel.fetch import fetch_params
+from bridge.exotel.hold import HoldMusic
+from bridge.exotel.params import (
     AppletParams,
-    contact_kind,
-    parse_dial_whom,
-    parse_json,
     request_params,
 )
-from bridge.connect.recording import ConversationRecording
-from bridge.dial.dialer import DialTarget, Leg, NoRoute
-from bridge.dial.join import join_until_one_leaves
-from bridge.dial.outcome import LegOutcome
-from bridge.media.errors import MediaError
-from bridge.media.voices import resolve_voice
-from bridge.ncco.models import Action, NccoError, parse_ncco_bytes
+from bridge.exotel.playback import play_to_agent
+from bridge.exotel.recording import ConversationRecording
+from bridge.exotel.transitions import Outcome, transition_ncco
+from bridge.ncco.models import Action
 from bridge.timeline import RECORDER
-from bridge.webhooks import ParseError, Timeouts, WebhookRequest, WebhookResponse
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext
 
 log = structlog.get_logger(__name__)
 
-Outcome = Literal["after_conversation", "nobody_answered", "nobody_dialled"]
 #: Upper bound on URL requests per call (fetch_after_attempt loops end well before).
 MAX_FETCHES = 50
 #: Upper bound on dial attempts per call.
 MAX_ATTEMPTS = 200
-#: Seconds allowed beyond a playback's length.
-PLAYBACK_MARGIN_S = 10.0
+
+
+#: The name of the internal action that runs an applet (never accepted in an NCCO).
+ACTION = "exotel_connect"
 
 
 class ExotelConnect(BaseModel):
@@ -74,11 +69,6 @@ class ExotelConnect(BaseModel):
     action: Literal["exotel_connect"] = "exotel_connect"
     number: str
     NEEDS_MEDIA: ClassVar[bool] = False
-
-
-def _playback_finished(playback_id: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda e: (e.get("type") == "PlaybackFinished"
-                      and e.get("playback", {}).get("id") == playback_id)
 
 
 def dial_call_status(outcomes: list[LegOutcome]) -> str:
@@ -94,36 +84,8 @@ def dial_call_status(outcomes: list[LegOutcome]) -> str:
     return "failed"
 
 
-INVALID_FORMAT = "invalid format"
-#: agent_skipped reasons -> the AGENTS_SKIPPED label (a small fixed set: the reason text
-#: can carry details, such as Asterisk's answer, that must not become label values).
-_SKIP_LABELS = {
-    "busy": "busy",
-    INVALID_FORMAT: "invalid",
-    "no outbound route": "no_route",
-    "no such device": "no_such_device",
-    "device off (not registered)": "device_offline",
-    "device in use": "device_in_use",
-}
-
-
-def skip_label(reason: str) -> str:
-    """The ``reason`` label of the agents-skipped metric for an agent_skipped reason."""
-    if reason.startswith("device state unknown"):
-        return "device_state_unknown"
-    return _SKIP_LABELS.get(reason, "other")
-
-
-@dataclass
-class Candidate:
-    contact: str
-    key: str
-    kind: Literal["phone", "sip"]
-    endpoint: str
-
-
-async def run(call: CallSession, action: ExotelConnect) -> list[Action] | None:
-    applet = call.engine.config.applet_for_number(action.number)
+async def run(call: CallContext, action: ExotelConnect) -> list[Action] | None:
+    applet = call.services.config.applet_for_number(action.number)
     if applet is None:
         call.error(f"no Connect applet is configured for {action.number}")
         return None
@@ -133,16 +95,16 @@ async def run(call: CallSession, action: ExotelConnect) -> list[Action] | None:
 
 
 class AppletRun:
-    def __init__(self, call: CallSession, applet: ConnectAppletConfig) -> None:
+    def __init__(self, call: CallContext, applet: ConnectAppletConfig) -> None:
         self.call = call
         self.applet = applet
-        self.engine = call.engine
-        self.store = call.engine.agents
-        self.lease_s = call.engine.config.agents.lease_s
+        self.services = call.services
+        self.store = call.services.agents
+        self.lease_s = call.services.config.agents.lease_s
         self.held = HeldAgents(self.store, f"applet:{call.uuid}", self.lease_s)
         self.call_sid = call.uuid.replace("-", "")
-        self.caller = call.record.from_number
-        self.called = call.record.to_number
+        self.caller = call.from_number
+        self.called = call.to_number
         self.created = call.started
         self.digits: str | None = None
         self.fetches = 0
@@ -154,14 +116,12 @@ class AppletRun:
         self.call_type = "call-attempt"
         self.skips: list[tuple[str, str]] = []  # (contact, reason)
         self.recording: ConversationRecording | None = None
-        self._hold_playback: str | None = None
-        self._hold_moh = False
-        self._hold_task: asyncio.Task[None] | None = None
-        self.log = call.log.bind(applet=call.record.to_number)
+        self.log = call.log.bind(applet=call.to_number)
+        self.hold = HoldMusic(call, self.log)
 
     # ------------------------------------------------------------------ the flow
     async def execute(self) -> Outcome:
-        refresher = self.call.spawn(self.held.refresh_forever(), "agent-leases")
+        refresher = self.call.run_beside(self.held.refresh_forever(), "agent-leases")
         try:
             return await self._flow()
         finally:
@@ -169,7 +129,7 @@ class AppletRun:
             await asyncio.shield(self._cleanup())
 
     async def _cleanup(self) -> None:
-        await self._stop_hold()
+        await self.hold.stop()
         await self.held.release_all()
 
     async def _flow(self) -> Outcome:
@@ -258,98 +218,12 @@ class AppletRun:
             return None
         data = self._params()
         self.fetches += 1
-        params, reason = await self._ask(self.applet.primary_url, data)
+        params = await fetch_params(self.call, self.applet, data, self.log)
         if params is not None:
             self._skip_invalid(params)
-            return params
-        self.log.warning("connect.primary_failed", reason=reason)
-        if self.applet.fallback_url is None:
-            self.call.error(f"connect applet: primary URL failed ({reason}); no fallback URL")
-            return None
-        params, fb_reason = await self._ask(self.applet.fallback_url, data)
-        if params is not None:
-            self.call.error(f"connect applet: primary URL failed ({reason}); used fallback URL")
-            self._skip_invalid(params)
-            return params
-        self.call.error(f"connect applet: primary URL failed ({reason}); "
-                        f"fallback URL failed ({fb_reason})")
-        return None
-
-    async def _ask(self, url: str, data: dict[str, str]) -> tuple[AppletParams | None, str]:
-        limit = self.applet.timeout_s
-        json_dialect = self.applet.dialect == "1.1"
-        headers = {"exotel-version": EXOTEL_VERSION} if json_dialect else None
-        request = WebhookRequest(url=url, method="GET", data=data, headers=headers)
-        timeouts = Timeouts(connect_ms=int(min(1.0, limit) * 1000), read_ms=int(limit * 1000))
-        try:
-            async with asyncio.timeout(limit):
-                response = await self.engine.webhooks.send(request, timeouts, kind="exotel")
-        except TimeoutError:
-            # send() was cancelled before it could count this failure.
-            metrics.WEBHOOK_FAILURES.labels(kind="exotel", reason="timeout").inc()
-            return None, f"no answer within {limit:g} s"
-        if response.status != 200 or response.error is not None:
-            return None, response.error or f"http {response.status}"
-        try:
-            if json_dialect:
-                params = parse_json(response)
-                await self._check_media(params)
-            else:
-                params = parse_dial_whom(response)
-        except (ParseError, ValueError) as exc:
-            metrics.WEBHOOK_FAILURES.labels(kind="exotel", reason="invalid_response").inc()
-            return None, f"invalid response: {exc}"
-        return params, ""
-
-    async def _check_media(self, params: AppletParams) -> None:
-        """audio_url must be http(s) and answer 200 with audio: fetched (and cached) now."""
-        for url in (params.playback_value if params.playback_type == "audio_url" else None,
-                    params.moh_url):
-            if url is None:
-                continue
-            try:
-                await self.call.media.fetch(url)
-            except MediaError as exc:
-                raise ParseError(f"audio {url}: {exc}") from None
+        return params
 
     # -------------------------------------------------------------------- dialling
-    async def _candidate(self, contact: str, params: AppletParams) -> Candidate | str:
-        """A dialable agent, or the reason it is skipped."""
-        kind = contact_kind(contact)
-        if kind is None:
-            return INVALID_FORMAT
-        key = agent_key(contact)
-        dialer = self.engine.dialer
-        if kind == "phone":
-            try:
-                endpoint = dialer.phone_endpoint(contact)
-            except NoRoute:
-                return "no outbound route"
-        elif "@" in contact:
-            endpoint = dialer.sip_endpoint(contact)
-        else:
-            # A device registered to this Asterisk: sip:<endpoint name>.
-            name = contact[4:]
-            try:
-                state = await self.engine.gateway.endpoint_state("PJSIP", name)
-            except AriError as exc:
-                return f"device state unknown ({exc.details})"
-            if state is None:
-                return "no such device"
-            if str(state.get("state", "")).lower() != "online":
-                return "device off (not registered)"
-            if state.get("channel_ids"):
-                return "device in use"
-            endpoint = f"PJSIP/{name}"
-        # SIP URIs are always state-managed, as on Exotel.
-        managed = params.state_management or kind == "sip"
-        if managed:
-            if not await self.held.acquire(key):
-                return "busy"
-        else:
-            await self.held.hold(key)
-        return Candidate(contact, key, kind, endpoint)
-
     def _skip_invalid(self, params: AppletParams) -> None:
         """Dial whom tokens that are no numbers: skipped (and reported) like any agent."""
         for token in params.invalid:
@@ -377,7 +251,7 @@ class AppletRun:
             self.log.info("connect.caller_id_invalid",
                           outgoing_phone_number=params.invalid_outgoing_number)
         elif number:
-            config = self.engine.config
+            config = self.services.config
             mine = {agent_key(n) for n in (*config.numbers, *config.connect_applets,
                                            *config.agents.caller_ids) if n != "*"}
             if agent_key(number) in mine:
@@ -389,7 +263,7 @@ class AppletRun:
                       params: AppletParams) -> Literal["answered", "dialled", "nobody"]:
         candidates: list[Candidate] = []
         for contact in group:
-            found = await self._candidate(contact, params)
+            found = await find_candidate(contact, params, self.services, self.held)
             if isinstance(found, str):
                 self._skip(contact, found)
             else:
@@ -401,7 +275,7 @@ class AppletRun:
         self.attempts += 1
         self.dialled_any = True
         await self.call.ensure_answered()
-        await self._start_hold(params)
+        await self.hold.start(params)
         caller_id = self.caller_id(params)
         by_leg: dict[str, Candidate] = {}
         targets = []
@@ -425,7 +299,7 @@ class AppletRun:
         try:
             # No caller channel: Asterisk would copy the caller's identity over the caller ID
             # chosen above (outgoing_phone_number or the number the call came in on).
-            winner, legs = await self.engine.dialer.dial(targets, ring_s, on_status)
+            winner, legs = await self.services.dialer.dial(targets, ring_s, on_status)
         except asyncio.CancelledError:
             # The caller hung up (or the call was transferred) while the agents rang: the
             # dialer has hung every leg up. Each agent's events still end with terminal, as
@@ -433,13 +307,13 @@ class AppletRun:
             for leg_uuid, cand in by_leg.items():
                 self._passthru(params, "terminal", cand.contact)
                 if leg_uuid in seen:
-                    self.engine.dialer.release(seen[leg_uuid])
+                    self.services.dialer.release(seen[leg_uuid])
             raise
         self.last_dialled = candidates[-1].contact if winner is None else winner.target.to
         for leg in legs:
             if leg is winner:
                 continue
-            self.engine.dialer.release(leg)
+            self.services.dialer.release(leg)
             self._passthru(params, "terminal", leg.target.to)
             await self.held.release(by_leg[leg.uuid].key)
         if winner is None:
@@ -480,115 +354,23 @@ class AppletRun:
         }
         # Its own order (a CRM's URL, not held up by an event_url outage), unsigned and
         # without the application's fallback, as Exotel sends it.
-        self.engine.events.post(f"{self.call.uuid}/passthru", self.call.app,
+        self.services.events.post(f"{self.call.uuid}/passthru", self.call.app,
                                 params.passthru_url, "POST", payload, plain=True)
 
-    # ---------------------------------------------------------------- hold music
-    async def _start_hold(self, params: AppletParams) -> None:
-        """What the caller hears while agents ring (kept across attempts)."""
-        if self._hold_moh or self._hold_playback or self._hold_task:
-            return
-        gateway = self.call.gateway
-        try:
-            if params.moh_type == "default_tone":
-                await gateway.start_moh(self.call.channel_id, "default")
-                self._hold_moh = True
-            elif params.moh_type == "custom_tone" and params.moh_url:
-                item = await self.call.media.fetch(params.moh_url)
-                uri = self.engine.media_uri(item.media_id)
-                self._hold_task = asyncio.ensure_future(self._loop_media(uri, item.duration_s))
-            else:
-                # operator_tone, or nothing asked: the ringback an operator plays.
-                self._hold_playback = new_id()
-                await gateway.play(self.call.channel_id, ["tone:ring"], self._hold_playback)
-        except (AriError, MediaError) as exc:
-            self.log.warning("connect.hold_failed", error=str(exc))
-
-    async def _loop_media(self, uri: str, duration_s: float) -> None:
-        # A few copies per request: the media list travels in the query string.
-        copies = 5
-        while not self.call.gone.is_set():
-            playback_id = new_id()
-            self._hold_playback = playback_id
-            finished = self.call.expect(_playback_finished(playback_id))
-            try:
-                await self.call.gateway.play(self.call.channel_id, [uri] * copies, playback_id)
-                _, event = await finished.wait(duration_s * copies + PLAYBACK_MARGIN_S)
-                if (event or {}).get("playback", {}).get("state") == "failed":
-                    self.log.warning("connect.hold_music_failed", uri=uri)
-                    return
-            except AriError as exc:
-                self.log.warning("connect.hold_music_failed", error=str(exc))
-                return
-            finally:
-                self.call.forget(finished)
-
-    async def _stop_hold(self) -> None:
-        gateway = self.call.gateway
-        task, self._hold_task = self._hold_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        playback, self._hold_playback = self._hold_playback, None
-        if playback is not None:
-            with contextlib.suppress(AriError):
-                await gateway.stop_playback(playback)
-        if self._hold_moh:
-            self._hold_moh = False
-            await gateway.stop_moh(self.call.channel_id)
-
     # --------------------------------------------------------------- conversation
-    async def _play_to_agent(self, leg: Leg, params: AppletParams) -> None:
-        """start_call_playback: heard by the agent before the caller is joined."""
-        media = self.call.media
-        try:
-            if params.playback_type == "text":
-                item = await media.tts(params.playback_value or "",
-                                       resolve_voice(None, None, None))
-            else:
-                item = await media.fetch(params.playback_value or "")
-        except MediaError as exc:
-            self.call.error(f"connect applet: start_call_playback failed: {exc}")
-            return
-        playback_id = new_id()
-        done = asyncio.Event()
-
-        def on_event(event: dict[str, Any]) -> None:
-            if (event.get("type") == "PlaybackFinished"
-                    and event.get("playback", {}).get("id") == playback_id):
-                done.set()
-
-        leg.listeners.append(on_event)
-        try:
-            uri = self.engine.media_uri(item.media_id)
-            await self.call.gateway.play(leg.channel_id, [uri], playback_id)
-            waits = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(leg.ended.wait()),
-                     asyncio.ensure_future(self.call.gone.wait())]
-            try:
-                await asyncio.wait(waits, timeout=item.duration_s + PLAYBACK_MARGIN_S,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-        except AriError as exc:
-            self.log.warning("connect.playback_failed", error=str(exc))
-        finally:
-            leg.listeners.remove(on_event)
-
     async def _converse(self, leg: Leg, cand: Candidate, params: AppletParams) -> None:
         """Join caller and agent until one hangs up or max_conversation_duration."""
         gateway = self.call.gateway
         bridge_id = new_id()
         if params.sticky_agent:
             await self.store.set_sticky(agent_key(self.caller), cand.key,
-                                        self.engine.config.agents.sticky_ttl_s)
+                                        self.services.config.agents.sticky_ttl_s)
             if RECORDER.on:
                 RECORDER.sticky(agent_key(self.caller), cand.key)
         try:
             if params.playback_type is not None:
-                await self._play_to_agent(leg, params)
-            await self._stop_hold()
+                await play_to_agent(self.call, leg, params, self.log)
+            await self.hold.stop()
             if leg.ended.is_set() or self.call.gone.is_set():
                 return
             self.log.info("connect.bridged", agent=cand.contact)
@@ -604,51 +386,15 @@ class AppletRun:
         finally:
             if self.recording is not None:
                 await asyncio.shield(self.recording.end())
-            await asyncio.shield(self._tear_down(leg, bridge_id))
-            self.engine.dialer.release(leg)
-
-    async def _tear_down(self, leg: Leg, bridge_id: str) -> None:
-        gateway = self.call.gateway
-        if not leg.ended.is_set():
-            await gateway.hangup(leg.channel_id)
-        if not self.call.gone.is_set():
-            await gateway.remove_from_bridge(bridge_id, self.call.channel_id)
-        with contextlib.suppress(AriError):
-            await gateway.destroy_bridge(bridge_id)
+            await asyncio.shield(tear_down_join(
+                self.call.gateway, bridge_id, self.call.channel_id, self.call.gone, leg))
+            self.services.dialer.release(leg)
 
     # ----------------------------------------------------------------- transitions
     async def transition(self, outcome: Outcome) -> list[Action] | None:
         """The NCCO of the transition taken, or None (hang up)."""
-        if self.call.gone.is_set():
-            return None
-        chosen: AppletTransition | None = getattr(self.applet, outcome)
-        if outcome == "nobody_dialled" and chosen is None:
-            chosen = self.applet.nobody_answered
-        self.log.info("connect.transition", outcome=outcome,
-                      skipped=[f"{c}: {r}" for c, r in self.skips])
-        if chosen is None or (chosen.ncco is None and chosen.url is None):
-            return None
-        try:
-            if chosen.ncco is not None:
-                return self.engine.parse(chosen.ncco)
-            assert chosen.url is not None
-            if self.recording is not None:
-                await self.recording.wait_stored()  # so RecordingUrl can be sent
-            data = self._params()
-            data["Outcome"] = outcome
-            response = await self.engine.webhooks.send(
-                WebhookRequest(url=chosen.url, method="GET", data=data),
-                self.engine.timeouts(self.call.app, event=False), kind="exotel")
-            return self._transition_ncco(response)
-        except NccoError as exc:
-            self.call.error(f"connect applet: {outcome} transition: invalid NCCO: {exc}")
-        except ParseError as exc:
-            self.call.error(f"connect applet: {outcome} transition: {exc}")
-        return None
-
-    def _transition_ncco(self, response: WebhookResponse) -> list[Action]:
-        if not response.ok:
-            raise ParseError(f"{response.error or response.status}")
-        actions = parse_ncco_bytes(response.body)
-        self.engine.check_runnable(actions)
-        return actions
+        if not self.call.gone.is_set():
+            self.log.info("connect.transition", outcome=outcome,
+                          skipped=[f"{c}: {r}" for c, r in self.skips])
+        return await transition_ncco(self.call, self.applet, outcome, self._params,
+                                     self.recording)

@@ -43,15 +43,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bridge.api.files import FileStore
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import AriGateway, new_id
-from bridge.calls import events as ev
+from bridge.ari.waits import EventTap, is_type, recording_ended
 from bridge.media.errors import MediaError
-from bridge.media.recordings import EventTap, is_type, recording_ended
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext, CallServices
     from bridge.ncco.models import Conversation
 
 log = structlog.get_logger(__name__)
@@ -91,7 +90,7 @@ def may_hear(listener: Member, speaker: Member) -> bool:
 
 @dataclass
 class Member:
-    call: CallSession
+    call: CallContext
     action: Conversation
     muted_in: bool = False
     muted_out: bool = False
@@ -114,7 +113,7 @@ class RoomRecording:
 
 @dataclass
 class Room:
-    registry: ConferenceRegistry
+    registry: RoomRegistry
     application_id: str
     name: str
     bridge_id: str = field(default_factory=new_id)
@@ -152,7 +151,7 @@ class Room:
             return
         for bridge_id, playback_id in list(self.music_playbacks.items()):
             if playback.get("id") == playback_id:
-                self.registry.spawn(self._play_music(bridge_id))  # the loop goes on
+                self.registry.run_task(self._play_music(bridge_id))  # the loop goes on
 
     # ----------------------------------------------------------------- members
     async def admit(self, member: Member) -> None:
@@ -196,7 +195,7 @@ class Room:
             if member.action.end_on_exit and not self.ended.is_set():
                 log.info("conversation.ended_by_exit", room=self.name, leg=member.leg)
                 self.ended.set()
-                self.registry.forget(self)  # a caller arriving now opens a new room
+                self.registry.remove(self)  # a caller arriving now opens a new room
                 for other in list(self.members.values()):
                     with contextlib.suppress(AriError):
                         await self.gateway.hangup(other.call.channel_id)
@@ -317,13 +316,13 @@ class Room:
             tap.close()
 
     # ------------------------------------------------------------------- music
-    async def _start_music(self, call: CallSession, url: str) -> None:
+    async def _start_music(self, call: CallContext, url: str) -> None:
         try:
-            item = await call.media.fetch(url)
+            item = await self.registry.services.media.fetch(url)
         except MediaError as exc:
             call.error(f"conversation: cannot play musicOnHoldUrl {url}: {exc.cause}")
             return
-        self.music_uri = call.engine.media_uri(item.media_id)
+        self.music_uri = self.registry.services.media_uri(item.media_id)
         self.music_s = item.duration_s
         for bridge_id in self._music_bridges():
             await self._play_music(bridge_id)
@@ -378,11 +377,11 @@ class Room:
             await asyncio.wait_for(finished, ARI_WAIT_S)
         ended = datetime.now(UTC)
         call, action = recording.requested_by.call, recording.requested_by.action
-        engine = call.engine
+        services = self.registry.services
         url, method = ((action.event_url[0], action.event_method) if action.event_url
                        else (call.app.event_url, call.app.event_method))
         try:
-            stored = await engine.recordings.store([recording.name], "mono", "mp3", 1,
+            stored = await services.recordings.store([recording.name], "mono", "mp3", 1,
                                                    call.app.id)
         except (MediaError, AriError) as exc:
             log.warning("conversation.record_failed", room=self.name, error=str(exc))
@@ -394,7 +393,7 @@ class Room:
             payload = {
                 "start_time": ev.timestamp(recording.started_at),
                 "end_time": ev.timestamp(ended),
-                "recording_url": FileStore.url(engine.public_url(), stored.file_id),
+                "recording_url": services.file_url(stored.file_id),
                 "size": stored.size,
                 "recording_uuid": recording.recording_uuid,
                 "conversation_uuid": self.conversation_uuid,
@@ -407,18 +406,17 @@ class Room:
     async def _close(self) -> None:
         self.closed = True
         self.ended.set()
-        self.registry.forget(self)
+        self.registry.remove(self)
         await self._stop_music()
         await self._drop_snoops([key for key in self.snoops if key[0] != RECORDER])
         recording, self.recording = self.recording, None
         finishing = None
         if recording is not None:
-            engine = recording.requested_by.call.engine
-            finishing = engine.recordings.spawn(self._finish_recording(recording),
-                                                f"conversation-record:{self.name}")
+            finishing = self.registry.services.recordings.run_detached(
+                self._finish_recording(recording), f"conversation-record:{self.name}")
         if finishing is not None:
             # The bridge (and the tap that sees RecordingFinished) goes once it is stored.
-            finishing.add_done_callback(lambda _: self.registry.spawn(self._destroy()))
+            finishing.add_done_callback(lambda _: self.registry.run_task(self._destroy()))
         else:
             await self._destroy()
         log.info("conversation.closed", room=self.name)
@@ -431,20 +429,26 @@ class Room:
             self.tap.close()
 
 
-class ConferenceRegistry:
-    """Rooms by (application id, name). Touched only from the event loop."""
+class RoomRegistry:
+    """Rooms by (application id, name). Touched only from the event loop.
 
-    def __init__(self, gateway: AriGateway) -> None:
-        self.gateway = gateway
+    ``services``: the bridge's (ARI, media, recordings); a room's work is not any one
+    member's call."""
+
+    def __init__(self, services: CallServices) -> None:
+        self.services = services
+        self.gateway: AriGateway = services.gateway
         self.rooms: dict[tuple[str, str], Room] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Any) -> None:
+    def run_task(self, coro: Any) -> None:
+        """Run a room's own work (the music loop, destroying a closed room)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def forget(self, room: Room) -> None:
+    def remove(self, room: Room) -> None:
+        """Take a room out of the registry: a caller arriving now opens a new one."""
         key = (room.application_id, room.name)
         if self.rooms.get(key) is room:
             del self.rooms[key]
@@ -452,7 +456,7 @@ class ConferenceRegistry:
     def room(self, application_id: str, name: str) -> Room | None:
         return self.rooms.get((application_id, name))
 
-    async def join(self, call: CallSession, action: Conversation) -> tuple[Room, Member]:
+    async def join(self, call: CallContext, action: Conversation) -> tuple[Room, Member]:
         """Create or find the room, reserve a place, and put the call in it.
 
         Raises RoomFull, or AriError when Asterisk refuses (the place is given back)."""
@@ -467,7 +471,7 @@ class ConferenceRegistry:
             try:
                 await asyncio.shield(room.opening)
             except AriError:
-                self.forget(room)
+                self.remove(room)
                 raise
             if not room.closed:
                 break

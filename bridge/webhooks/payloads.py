@@ -66,3 +66,30 @@ def error_event(*, uuid: str, conversation_uuid: str, reason: str) -> dict[str, 
         "conversation_uuid": conversation_uuid,
         "timestamp": timestamp(),
     }
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    """A timestamp as :func:`timestamp` writes it (or any ISO 8601); None for none."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def completed_event(
+    *,
+    uuid: str,
+    conversation_uuid: str,
+    direction: str,
+    from_: str,
+    to: str,
+    started: datetime | None,
+    answered: datetime | None,
+    ended: datetime,
+    disconnected_by: str,
+) -> dict[str, Any]:
+    """The ``completed`` status event that ends every call (``started`` None: now)."""
+    return status_event(
+        uuid=uuid, conversation_uuid=conversation_uuid, status="completed",
+        direction=direction, from_=from_, to=to,
+        **completed_extra(started or ended, answered, ended, disconnected_by),
+    )

@@ -1,4 +1,4 @@
-"""conversation: put the call in a named room (see bridge/calls/conferences.py for the room,
+"""conversation: put the call in a named room (see rooms.py beside this for the room,
 the audio matrix and what Asterisk's mixing bridge allows).
 
 Synchronous: the NCCO goes on when the caller leaves the room, which only happens when the
@@ -20,19 +20,26 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from bridge.ari.errors import AriError
-from bridge.calls import events as ev
-from bridge.calls.conferences import RoomFull
+from bridge.ncco.actions.conversation.rooms import RoomFull, RoomRegistry
 from bridge.ncco.models import Action, Conversation
+from bridge.webhooks import payloads as ev
 
 if TYPE_CHECKING:
-    from bridge.calls.session import CallSession
+    from bridge.ncco.context import CallContext, Runner
 
 #: Seconds a member of a room ended by endOnExit waits for its own hangup.
 HANGUP_WAIT_S = 5.0
 
 
-async def run(call: CallSession, action: Conversation) -> list[Action] | None:
-    registry = call.engine.conferences
+def runner(rooms: RoomRegistry) -> Runner:
+    """The conversation action's runner, with the bridge's rooms."""
+    async def run_in_rooms(call: CallContext, action: Conversation) -> list[Action] | None:
+        return await run(call, action, rooms)
+    return run_in_rooms
+
+
+async def run(call: CallContext, action: Conversation,
+              registry: RoomRegistry) -> list[Action] | None:
     try:
         room, member = await registry.join(call, action)
     except RoomFull as exc:

@@ -1,0 +1,73 @@
+"""Subscribe-before-act waits: an event that comes before anyone awaits it is not lost, the end
+of the resource resolves every wait, a wait given up is forgotten."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bridge.ari.waits import EventTap, EventWaits, WaitOutcome, is_type, playback_finished
+
+
+class RoutingGateway:
+    def __init__(self) -> None:
+        self.routes: dict[str, Any] = {}
+
+    def route(self, key: str, handler: Any) -> None:
+        self.routes[key] = handler
+
+    def unroute(self, key: str) -> None:
+        self.routes.pop(key, None)
+
+
+async def test_an_event_before_the_await_resolves_the_wait() -> None:
+    waits = EventWaits()
+    finished = waits.expect(playback_finished("p1"))
+    waits.dispatch({"type": "PlaybackFinished", "playback": {"id": "p2"}})
+    waits.dispatch({"type": "PlaybackFinished", "playback": {"id": "p1", "state": "done"}})
+    outcome, event = await finished.wait(0)
+    assert outcome is WaitOutcome.EVENT and event is not None
+    assert event["playback"]["state"] == "done"
+
+
+async def test_the_end_resolves_pending_and_later_waits_as_hangup() -> None:
+    waits = EventWaits()
+    pending = waits.expect(is_type("ChannelDtmfReceived"))
+    waits.end({"type": "StasisEnd"})
+    later = waits.expect(is_type("ChannelDtmfReceived"))
+    assert (await pending.wait(0))[0] is WaitOutcome.HANGUP
+    assert (await later.wait(0))[0] is WaitOutcome.HANGUP
+    with pytest.raises(TimeoutError):
+        await later.event(0)
+
+
+async def test_a_wait_without_its_event_times_out_and_can_be_dropped() -> None:
+    waits = EventWaits()
+    waiter = waits.expect(is_type("StasisStart"))
+    assert (await waiter.wait(0.01)) == (WaitOutcome.TIMEOUT, None)
+    waits.cancel(waiter)
+    waits.dispatch({"type": "StasisStart"})
+    assert waiter.future.cancelled()
+
+
+async def test_a_tap_sees_an_event_that_came_before_the_wait() -> None:
+    gateway = RoutingGateway()
+    tap = EventTap(gateway, "channel:snoop")  # type: ignore[arg-type]
+    gateway.routes["channel:snoop"]({"type": "StasisStart"})  # before anyone asked
+    assert (await asyncio.wait_for(tap.expect(is_type("StasisStart")), 1))["type"] == "StasisStart"
+    tap.close()
+    assert gateway.routes == {}
+
+
+async def test_a_tap_wait_that_timed_out_is_forgotten_and_close_cancels_the_rest() -> None:
+    gateway = RoutingGateway()
+    tap = EventTap(gateway, "bridge:b")  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(tap.expect(is_type("RecordingFinished")), 0.01)
+    assert tap.waits._waiters == []
+    open_wait = tap.expect(is_type("RecordingFinished"))
+    tap.close()
+    await asyncio.sleep(0)
+    assert open_wait.cancelled()
