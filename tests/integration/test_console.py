@@ -165,7 +165,9 @@ async def test_calls_appear_change_state_and_leave_with_their_timeline(
     assert rows[failing][6] == "no_ncco"  # why it ended: no NCCO from answer_url or fallback
 
     # The played call's timeline: the answer_url exchange, then each action with its outcome.
-    uuid_of = {r.query["to"]: r.query["uuid"] for r in webhooks.of("/answer")}
+    # The webhook application is shared by the whole session: take only this test's calls.
+    uuid_of = {r.query["to"]: r.query["uuid"] for r in webhooks.of("/answer")
+               if r.query.get("to") in (played, bridged, failing)}
     await asyncio.to_thread(lambda: browser.find_element(
         "css selector", f'#ended-calls tr[data-uuid="{uuid_of[played]}"]').click())
     await asyncio.to_thread(wait_for, browser, lambda d: "state ending" in d.find_element(
