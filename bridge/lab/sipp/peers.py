@@ -15,7 +15,33 @@ from bridge.lab.sipp.runner import _read, _start_listening, sipp_binary
 from bridge.lab.sipp.scenarios import register_scenario, uas_scenario
 
 
-class Agent:
+class _SippPeer:
+    """What an agent and a device share: a sipp process in a temporary directory, its message
+    log, and the RTP receiver; stopped (by PID) when the ``async with`` ends."""
+
+    receiver: RtpReceiver | None
+    _proc: asyncio.subprocess.Process | None
+    _tmp: tempfile.TemporaryDirectory[str] | None
+
+    @property
+    def messages(self) -> str:
+        return _read(Path(self._tmp.name) / "messages.log") if self._tmp else ""
+
+    def invites(self) -> int:
+        """INVITEs this peer received."""
+        return len(re.findall(r"message received[^\n]*\n+\s*INVITE ", self.messages))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()  # our own child, by PID
+            await self._proc.wait()
+        if self.receiver is not None:
+            self.receiver.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class Agent(_SippPeer):
     """A SIP agent (sipp UAS) listening on 127.0.0.1 for as long as the ``async with`` lasts.
 
     ``receiver`` holds the RTP that reached the agent when it answers (status 200)."""
@@ -31,13 +57,7 @@ class Agent:
         self._proc: asyncio.subprocess.Process | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
-    @property
-    def messages(self) -> str:
-        return _read(Path(self._tmp.name) / "messages.log") if self._tmp else ""
 
-    def invites(self) -> int:
-        """INVITEs this agent received."""
-        return len(re.findall(r"message received[^\n]*\n+\s*INVITE ", self.messages))
 
     async def __aenter__(self) -> Agent:
         self.receiver = await RtpReceiver.open()
@@ -53,17 +73,8 @@ class Agent:
             ])
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.kill()  # our own child, by PID
-            await self._proc.wait()
-        if self.receiver is not None:
-            self.receiver.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
 
-
-class Device:
+class Device(_SippPeer):
     """An agent's SIP phone (sipp): registers ``name`` with its password to Asterisk, then
     answers INVITEs like :class:`Agent` (``status``, ``ring_ms``, ...) for as long as the
     ``async with`` lasts; ``receiver`` holds the RTP that reached it.
@@ -89,9 +100,6 @@ class Device:
         self._proc: asyncio.subprocess.Process | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
-    @property
-    def messages(self) -> str:
-        return _read(Path(self._tmp.name) / "messages.log") if self._tmp else ""
 
     def register_statuses(self) -> list[int]:
         """Final statuses Asterisk answered this device's REGISTERs with, in order."""
@@ -99,9 +107,6 @@ class Device:
             r"message received[^\n]*\n+\s*SIP/2\.0 (\d{3})[^\n]*\n(?:[^\n]+\n)*?"
             r"\s*CSeq: *\d+ REGISTER", self.messages)]
 
-    def invites(self) -> int:
-        """INVITEs this device received."""
-        return len(re.findall(r"message received[^\n]*\n+\s*INVITE ", self.messages))
 
     @property
     def exited(self) -> bool:
@@ -139,11 +144,3 @@ class Device:
             ])
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.kill()  # our own child, by PID
-            await self._proc.wait()
-        if self.receiver is not None:
-            self.receiver.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
