@@ -4,6 +4,7 @@ Run by hand (as root, for the rootfs lab), never by pytest::
 
     .venv/bin/python bench/exotel_agents.py [--callers 100] [--agents 20] [--hold-ms 3000]
                                             [--backends sqlite,redis] [--json-out FILE]
+                                            [--ari-transport auto|websocket|http]
 
 One lab Asterisk (own state directory, free ports), one bridge in this process, one applet
 application (aiohttp, in this process) that answers every request with all agents in the same
@@ -198,7 +199,8 @@ async def run_backend(lab: Any, backend: str, args: argparse.Namespace,
     try:
         config = load_config(None, environ={}, overrides={
             "ari": {"url": lab.ari_url, "username": lab.ari_username,
-                    "password": lab.ari_password, "app": lab.app_name},
+                    "password": lab.ari_password, "app": lab.app_name,
+                    "rest_transport": args.ari_transport},
             "http": {"host": "127.0.0.1", "port": 0},
             "store": {"path": str(workdir / f"{backend}-calls.sqlite3")},
             "media": {"path": str(workdir / "media")},
@@ -277,6 +279,8 @@ async def main() -> int:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--hold-ms", type=int, default=3000)
     parser.add_argument("--backends", default="sqlite,redis")
+    parser.add_argument("--ari-transport", default="auto", choices=["auto", "websocket", "http"],
+                        help="the bridge's ari.rest_transport")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     setup_logging("warning", False)
