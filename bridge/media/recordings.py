@@ -124,7 +124,8 @@ class RecordingService:
                 log.warning("recordings.fetch_failed", name=name, error=str(exc))
                 continue
             path = folder / f"{name}.wav"
-            path.write_bytes(body)
+            # A recording is megabytes: the disk write must not hold up every other call.
+            await asyncio.to_thread(path.write_bytes, body)
             out.append(path)
             with contextlib.suppress(AriError):
                 await self.gateway.delete_stored_recording(name)
@@ -142,7 +143,7 @@ class RecordingService:
             await combine(sides, target, layout, channels)
             duration = await probe_duration(target)
             size = target.stat().st_size
-            file_id = self.files.add(target, application_id)
+            file_id = await asyncio.to_thread(self.files.add, target, application_id)
         path = self.files.path_for(file_id)
         assert path is not None
         return StoredRecording(file_id, path, size, duration)

@@ -194,7 +194,7 @@ async def listen(call: CallContext, speech: SpeechSettings, keys_end_it: bool) -
                 break
             # "stopped" at startTimeout while the caller was speaking: go on listening.
         joined = Path(tmp) / "speech.wav"
-        _write_wav(joined, b"".join(parts))
+        await asyncio.to_thread(_write_wav, joined, b"".join(parts))
         try:
             hypotheses = await provider_for(call).recognize(
                 joined, speech.language, speech.context)
@@ -208,7 +208,8 @@ async def listen(call: CallContext, speech: SpeechSettings, keys_end_it: bool) -
         if speech.save_audio:
             # What was recognised, as one WAV served like a recording (JWT-authenticated).
             files = call.services.recordings.files
-            file_id = files.add(joined, call.app.id)
+            # Moved into the store off the event loop (a copy when /tmp is another disk).
+            file_id = await asyncio.to_thread(files.add, joined, call.app.id)
             payload["recording_url"] = files.url(call.services.public_url(), file_id)
     return Heard(payload=payload)
 
