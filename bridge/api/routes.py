@@ -111,8 +111,11 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         detail = {404: "no such resource", 405: f"{request.method} is not allowed here",
                   413: "the request body is too large"}.get(exc.status, exc.reason)
         response = problem(ApiError(exc.status, title, detail))
-        if exc.status == 405 and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
+        # Headers that belong to the status: what a 405 allows, how a 401 wants credentials
+        # (a browser prompts for basic auth only when it sees the challenge).
+        for header in ("Allow", "WWW-Authenticate"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
         return response
     except Exception:
         log.exception("api.crashed", method=request.method, path=request.path)

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bridge.api.routes import api_errors
 from bridge.config import ConfigError, load_config
 from bridge.console import register_console
 from bridge.timeline import RECORDER
@@ -27,7 +28,9 @@ def basic(user: str, password: str) -> str:
 
 
 async def serve(console: dict[str, Any]) -> TestServer:
-    app = web.Application()
+    # With the REST API's error middleware in front, as in the bridge: /v1/console answers
+    # in its JSON format and must keep the basic-auth challenge.
+    app = web.Application(middlewares=[api_errors])
     register_console(app, load_config(None, environ={}, overrides={"console": console}),
                      lambda: None, lambda: None)
     server = TestServer(app)
