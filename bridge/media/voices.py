@@ -276,7 +276,7 @@ def _espeak_for_base(base: str) -> str | None:
 
 ESPEAK_LAST_RESORT = "en-us"
 
-# espeak-ng voice variants. Index 0 is the default for each gender (the brief's
+# espeak-ng voice variants. Index 0 is the default for each gender (the design's
 # "+f3"/"+m3"); higher styles walk through the others. Styles beyond the list wrap
 # around, so any style >= 0 is valid.
 FEMALE_VARIANTS: tuple[str, ...] = ("f3", "f1", "f2", "f4", "f5")
