@@ -296,8 +296,9 @@ class Bench:
             return dict(json.loads(resp.read()))
         return {}
 
-    def ari_requests(self) -> Counter[str]:
-        """ARI requests the bridge has made so far, by HTTP method (from its /metrics)."""
+    def ari_traffic(self) -> Counter[str]:
+        """ARI requests the bridge has made so far, by HTTP method, and the ARI events it has
+        received (key ``events``), from its /metrics."""
         counts: Counter[str] = Counter()
         url = f"http://127.0.0.1:{self.bridge_port}/metrics"
         with (contextlib.suppress(OSError, urllib.error.URLError),
@@ -307,6 +308,8 @@ class Bench:
                     labels, _, value = line.rpartition(" ")
                     method = labels.split('method="', 1)[1].split('"', 1)[0]
                     counts[method] += int(float(value))
+                elif line.startswith("ari_bridge_ari_events_total "):
+                    counts["events"] += int(float(line.rpartition(" ")[2]))
         return counts
 
     # --------------------------------------------------------------------- a step
@@ -572,13 +575,14 @@ class Bench:
         self.warm_up()
         steps = {"dialplan": self.run_step("dialplan", "quick", self.args.quick_rate,
                                            self.args.step_seconds)}
-        before = self.ari_requests()
+        before = self.ari_traffic()
         steps["bridge"] = self.run_step("bridge", "quick", self.args.quick_rate,
                                         self.args.step_seconds)
         done = max(1, steps["bridge"].successful + steps["bridge"].failed)
-        requests = self.ari_requests() - before
-        ari_per_call = {method: round(n / done, 2) for method, n in sorted(requests.items())}
-        ari_per_call["all"] = round(sum(requests.values()) / done, 2)
+        traffic = self.ari_traffic() - before
+        events = traffic.pop("events", 0)
+        ari_per_call = {method: round(n / done, 2) for method, n in sorted(traffic.items())}
+        ari_per_call["all"] = round(sum(traffic.values()) / done, 2)
         cpu = {variant: r.cpu_ms_per_call for variant, r in steps.items()}
         prof = None
         if self.args.profile:
@@ -594,6 +598,7 @@ class Bench:
             "step_seconds": self.args.step_seconds,
             "cpu_ms_per_call": cpu,
             "bridge_ari_requests_per_call": ari_per_call,
+            "bridge_ari_events_per_call": round(events / done, 2),
             "passed": {variant: r.passed for variant, r in steps.items()},
             "setup_p99_ms": {variant: r.setup_p99_ms for variant, r in steps.items()},
             "other_cpu_pct": {variant: r.other_cpu_pct for variant, r in steps.items()},

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 __all__ = [
     "AGENTS_SKIPPED",
     "AGENT_LEASES_HELD",
+    "ARI_EVENTS",
     "ARI_RECONNECTS",
     "ARI_REQUEST_SECONDS",
     "CALLS_ACTIVE",
@@ -67,6 +68,10 @@ ARI_REQUEST_SECONDS = Histogram(
 )
 ARI_RECONNECTS = Counter(
     _PREFIX + "ari_reconnects", "ARI connections made again after the first one was lost."
+)
+# No labels: one increment per event is the cheapest count the reader can keep.
+ARI_EVENTS = Counter(
+    _PREFIX + "ari_events", "ARI events received on the event WebSocket (REST answers excluded)."
 )
 OUTBOX_BACKLOG = Gauge(
     _PREFIX + "outbox_backlog", "Status events written to the durable outbox and not delivered."

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import structlog
 
+from bridge import metrics
 from bridge.timeline import RECORDER
 
 log = structlog.get_logger(__name__)
@@ -85,6 +86,7 @@ class EventRouter:
                 if message.get("type") == "RESTResponse":
                     on_rest_response(message)
                 else:
+                    metrics.ARI_EVENTS.inc()
                     self.dispatch(message)
             elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                 break

@@ -43,8 +43,14 @@ async def test_a_calls_requests_travel_on_the_websocket(lab, webhooks, tmp_path,
         ws_before = gateway.requests_sent["websocket"]
         before = {(method, transport): _observed(method, transport)
                   for method in ("POST", "DELETE") for transport in ("http", "websocket")}
+        events_before = REGISTRY.get_sample_value("ari_bridge_ari_events_total") or 0.0
 
         await _call(webhooks, dial)
+
+        # Events are counted: a talk call brings at least StasisStart, PlaybackStarted,
+        # PlaybackFinished and StasisEnd.
+        events = (REGISTRY.get_sample_value("ari_bridge_ari_events_total") or 0.0) - events_before
+        assert events >= 4
 
         # Answer, play, hangup and the rest: none of them over HTTP. (GETs are left out: the
         # reconciliation after the connect lists the application's channels over HTTP.)
