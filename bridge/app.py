@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -19,8 +18,9 @@ from aiohttp import web
 from bridge import metrics
 from bridge.api import FileStore, RestApi
 from bridge.ari.gateway import AriGateway
+from bridge.calls.cluster import ClusterMember
 from bridge.calls.engine import CallEngine
-from bridge.calls.store import CallStore
+from bridge.calls.store import open_call_store
 from bridge.config import Config
 from bridge.console import register_console
 from bridge.media import EspeakTts, MediaStore
@@ -36,6 +36,8 @@ GATEWAY_KEY = web.AppKey("gateway", AriGateway)
 MEDIA_KEY = web.AppKey("media", MediaStore)
 BASE_URL_KEY = web.AppKey("base_url", list)  # one mutable cell: filled once the port is bound
 API_KEY = web.AppKey("api", RestApi)
+#: The cluster membership (one cell: None outside a cluster).
+CLUSTER_KEY = web.AppKey("cluster", list)
 
 
 def create_app(config: Config) -> web.Application:
@@ -65,41 +67,36 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
         max_download_bytes=config.media.max_download_bytes,
         fetch_timeout_s=config.media.fetch_timeout_s,
     )
-    store = CallStore(config.store.path)
-    engine_cell: list[CallEngine] = []
-
-    def on_stasis_start(event: dict[str, Any]) -> None:
-        engine_cell[0].on_stasis_start(event)
-
-    async def on_connected() -> None:
-        # Calls first (resume or end what is in Stasis), then the agents' SIP devices, which
-        # a restarted Asterisk has forgotten (they live in its memory wizard).
-        try:
-            await engine_cell[0].reconcile()
-        except Exception:  # a bug there must not leave the devices unprovisioned
-            log.exception("reconcile.crashed")
-        await engine_cell[0].devices.provision()
-
-    gateway = AriGateway(config.ari, on_stasis_start, on_connected)
-    engine = CallEngine(config, gateway, webhooks, media, store, lambda: app[BASE_URL_KEY][0])
-    engine.services.asr = PocketsphinxAsr()
-    engine_cell.append(engine)
+    owned_slots: set[int] = set()
+    store = open_call_store(config, owned_slots if config.cluster.enabled else None)
+    engine = CallEngine(config, webhooks, media, store, lambda: app[BASE_URL_KEY][0])
+    engine.asr = PocketsphinxAsr()
     app[ENGINE_KEY] = engine
-    app[GATEWAY_KEY] = gateway
     app[MEDIA_KEY] = media
     for store_in_use in describe_stores(config):  # which database holds what, at a glance
         log.info("store.opened", **store_in_use)
-    # Events left by a previous process go out first, before new calls add theirs.
-    await engine.events.start()
-    await gateway.start()
-    await engine.recordings.start()
+    member: ClusterMember | None = None
+    if config.cluster.enabled:
+        # Claims a slot (waiting for one if all are held), then connects its links.
+        member = ClusterMember(config, engine, store, owned_slots, lambda: app[BASE_URL_KEY][0])
+        await member.start()
+    else:
+        for node in config.ari.node_configs():
+            engine.add_link(node)
+        # Events left by a previous process go out first, before new calls add theirs.
+        await engine.events.start()
+        for link in engine.links:
+            await engine.start_link(link)
+    app[GATEWAY_KEY] = engine.gateway
+    app[CLUSTER_KEY] = [member]
     try:
         yield
     finally:
+        if member is not None:
+            await member.stop()  # stops heartbeating: the slot expires for a survivor
         await engine.shutdown()
-        await engine.recordings.close()
-        await engine.rooms.shutdown()
-        await gateway.stop()
+        for link in list(engine.links):
+            await engine.stop_link(link)
         # Undelivered events stay in the store for the next start.
         await engine.events.stop()
         await webhooks.close()
@@ -133,7 +130,7 @@ async def readyz(request: web.Request) -> web.Response:
         engine.store.check_writable()
 
     errors: dict[str, str | None] = {
-        "ari": None if gateway.connected else (gateway.last_error or "not connected"),
+        "ari": _links_down(engine),
         "call_store": await _probe(call_store),
         "agent_store": await _probe(engine.agents.check_writable),
         "draining": "the bridge is shutting down (SIGTERM)" if engine.draining else None,
@@ -151,6 +148,17 @@ async def readyz(request: web.Request) -> web.Response:
         "calls_started": engine.calls_started,
     }
     return web.json_response(body, status=503 if failed else 200)
+
+
+def _links_down(engine: CallEngine) -> str | None:
+    """None when every ARI link is connected; else which are not, and why."""
+    down = [link for link in engine.links if not link.gateway.connected]
+    if not down:
+        return None if engine.links else "not connected"
+    if len(engine.links) == 1:
+        return down[0].gateway.last_error or "not connected"
+    return "; ".join(f"{link.name}: {link.gateway.last_error or 'not connected'}"
+                     for link in down)
 
 
 async def _probe(check: Callable[[], Awaitable[None]]) -> str | None:

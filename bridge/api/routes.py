@@ -280,7 +280,7 @@ class RestApi:
     async def modify_call(self, request: web.Request) -> web.Response:
         body = self._validate(m.ModifyCall, await self._body(request))
         session = self._live(request)
-        gateway = self.engine.gateway
+        gateway = session.gateway  # the node the call is on
         channel = session.channel_id
         try:
             if body.action == "hangup":
@@ -321,7 +321,7 @@ class RestApi:
 
     async def _fetch_ncco(self, session: CallSession, url: str) -> list[Action]:
         engine = self.engine
-        services = engine.services
+        services = session.services
 
         def parse(response: WebhookResponse) -> list[Action]:
             return reply_ncco(response, engine.check_runnable, json_field="destination.url")
@@ -384,7 +384,7 @@ class RestApi:
         except MediaError as exc:
             raise ApiError(500, "Internal Server Error", f"speech synthesis failed: {exc}"
                            ) from None
-        uri = self.engine.services.media_uri(item.media_id)
+        uri = session.services.media_uri(item.media_id)
         self._start_playback(session, "talk", uri, body.loop, item.duration_s)
         return self._message("Talk started", session.uuid)
 
@@ -403,7 +403,7 @@ class RestApi:
         except MediaError as exc:
             reason = f"cannot play {url}: {exc.cause}"
             raise bad_request(reason, "stream_url", reason) from None
-        uri = self.engine.services.media_uri(item.media_id)
+        uri = session.services.media_uri(item.media_id)
         self._start_playback(session, "stream", uri, body.loop, item.duration_s)
         return self._message("Stream started", session.uuid)
 
@@ -418,7 +418,7 @@ class RestApi:
         self._require_answered(session)
         try:
             # Vonage's 'p' is a 500 ms pause; Asterisk's is 'w'.
-            await self.engine.gateway.send_dtmf(session.channel_id, body.digits.replace("p", "w"))
+            await session.gateway.send_dtmf(session.channel_id, body.digits.replace("p", "w"))
         except ChannelGone:
             raise bad_request(f"call {session.uuid} has ended") from None
         except AriError as exc:

@@ -3,6 +3,13 @@
 Registry: call uuid -> session and channel id -> session. There is no global lock: each
 session is driven by its own task, and the registry is only touched from the event loop.
 
+Links: the engine reaches Asterisk through one or more :class:`AriLink`, one per ARI
+connection: an Asterisk node and a Stasis application. A single bridge has one link per node
+(``ari.nodes``; one node by default). In a cluster each bridge holds slots (see
+bridge/calls/cluster.py), and each slot is a Stasis application of its own on every node, so a
+link is a (node, slot) pair. A call lives on one link: its channel, its callee legs and its
+bridges are on that node, in that application, and its record says which (``node``, ``slot``).
+
 Reconciliation runs after every ARI (re)connect. Channels still in our Stasis application that
 no live session owns are either resumed from the call store (a restarted bridge) or hung up
 (nothing known about them), so none is leaked; calls in the store whose channel is gone get
@@ -16,6 +23,7 @@ import contextlib
 import time
 import uuid as uuidlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +38,8 @@ from bridge.ari.gateway import AriGateway, Event, new_id
 from bridge.calls.history import CallHistory
 from bridge.calls.outbound import Draining, OutboundCall
 from bridge.calls.session import CallSession
-from bridge.calls.store import CallRecord, CallStore
-from bridge.config import ApplicationConfig, Config
+from bridge.calls.store import CallRecord, CallStorage
+from bridge.config import ApplicationConfig, AriConfig, Config
 from bridge.dial.dialer import Dialer
 from bridge.exotel import applet as exotel_applet
 from bridge.media import MediaStore
@@ -40,7 +48,7 @@ from bridge.media.recordings import RecordingService
 from bridge.ncco import actions as action_modules
 from bridge.ncco.actions.conversation.rooms import RoomRegistry
 from bridge.ncco.context import CallServices, Runner
-from bridge.ncco.models import Action, NccoError
+from bridge.ncco.models import Action, NccoError, parse_ncco
 from bridge.webhooks import EventOutbox, WebhookClient
 from bridge.webhooks import payloads as ev
 
@@ -50,38 +58,66 @@ log = structlog.get_logger(__name__)
 #: when the bridge cannot take it: it logs and hangs up with cause 34, which PJSIP answers
 #: as SIP 503, so a carrier fails over to another Asterisk.
 UNAVAILABLE_LABEL = "unavailable"
+#: In a cluster's dialplan: try the next slot's Stasis application (another bridge's).
+NEXT_SLOT_LABEL = "next"
+
+
+@dataclass
+class AriLink:
+    """One ARI connection of this bridge, and what is bound to it: the calls' services with
+    this connection's gateway (dialler, recordings), its conversation rooms and the agents'
+    devices of its node."""
+
+    node: str
+    slot: int  # 0 outside a cluster
+    gateway: AriGateway
+    services: CallServices
+    rooms: RoomRegistry
+    runners: dict[str, Runner]
+    devices: DeviceProvisioner
+    #: A dead bridge's slot taken over: its calls are resumed here, new calls are sent on to
+    #: the next slot (so the slot empties and is given back).
+    adopted: bool = False
+    #: Set once a reconciliation after a connect has run: the link's calls are all known.
+    reconciled: bool = False
+
+    @property
+    def recordings(self) -> RecordingService:
+        return self.services.recordings
+
+    @property
+    def name(self) -> str:
+        return f"{self.node}/slot-{self.slot}" if self.slot else self.node
 
 
 class CallEngine:
     def __init__(
         self,
         config: Config,
-        gateway: AriGateway,
         webhooks: WebhookClient,
         media: MediaStore,
-        store: CallStore,
+        store: CallStorage,
         public_url: Callable[[], str],
     ) -> None:
         self.config = config
-        self.gateway = gateway
         self.webhooks = webhooks
+        self.media = media
         self.store = store
+        self.public_url = public_url
         self.sessions: dict[str, CallSession] = {}
         self.by_channel: dict[str, CallSession] = {}
+        self.links: list[AriLink] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._session_tasks: dict[str, asyncio.Task[None]] = {}
         self.calls_started = 0
         self.calls_rejected = 0
+        self._next_link = 0  # REST calls go round the links in turn
         #: Set on SIGTERM: new calls are turned away, live ones keep running until exit.
         self.draining = False
         self.history = CallHistory()  # ended calls, for GET /v1/calls
-        self.recordings = RecordingService(  # record, conversation record
-            gateway, FileStore(config.recordings.path),
-            retention_hours=config.recordings.retention_hours)
         # Exotel Connect: agent busy leases and sticky agents (SQLite or Redis).
         self.agents = open_agent_store(config.agents.backend, config.agents_path(),
                                        config.agents.redis_url, config.agents.redis_prefix)
-        # Agents' SIP devices (agents.devices), created in Asterisk after every connect.
-        self.devices = DeviceProvisioner(gateway, config.agents.devices)
         # Every status event of every call: durable (in the call store), ordered per call,
         # retried through outages and restarts. Started and stopped with the service.
         self.events = EventOutbox(
@@ -89,18 +125,110 @@ class CallEngine:
             retention_s=config.events.retention_s, retry_base_s=config.events.retry_base_s,
             retry_cap_s=config.events.retry_cap_s, max_in_flight=config.events.max_in_flight,
         )
+        self.asr: Any = None  # the speech recogniser every link's calls use (set by the app)
+
+    # -------------------------------------------------------------------- links
+    def add_link(self, node: AriConfig, slot: int = 0, adopted: bool = False) -> AriLink:
+        """A new ARI connection (not started: ``await link.gateway.start()``) to ``node`` for
+        ``slot``'s Stasis application. Its connects reconcile its calls and provision the
+        node's agent devices."""
+        config = node.model_copy(update={"app": self.config.stasis_app(slot)})
+        holder: list[AriLink] = []
+
+        def on_stasis_start(event: Event) -> None:
+            self.on_stasis_start(holder[0], event)
+
+        async def on_connected() -> None:
+            # Calls first (resume or end what is in Stasis), then the agents' SIP devices,
+            # which a restarted Asterisk has forgotten (they live in its memory wizard).
+            try:
+                await self.reconcile(holder[0])
+            except Exception:  # a bug there must not leave the devices unprovisioned
+                log.exception("reconcile.crashed", link=holder[0].name)
+            await holder[0].devices.provision()
+
+        link = self.attach(AriGateway(config, on_stasis_start, on_connected), node.name,
+                           slot, adopted)
+        holder.append(link)
+        return link
+
+    def attach(self, gateway: AriGateway, node: str = "asterisk", slot: int = 0,
+               adopted: bool = False) -> AriLink:
+        """Bind the calls' services to ``gateway`` as a new link (``add_link`` makes the
+        gateway; the unit tests bring their own)."""
+        recordings = RecordingService(  # record, conversation record
+            gateway, FileStore(self.config.recordings.path),
+            retention_hours=self.config.recordings.retention_hours)
         #: What calls share; sessions and their actions see only this, not the engine.
-        self.services = CallServices(
-            gateway=gateway, media=media, dialer=Dialer(gateway, config), webhooks=webhooks,
-            events=self.events, recordings=self.recordings, agents=self.agents,
-            config=config, public_url=public_url, check_runnable=self.check_runnable,
+        services = CallServices(
+            gateway=gateway, media=self.media, dialer=Dialer(gateway, self.config),
+            webhooks=self.webhooks, events=self.events, recordings=recordings,
+            agents=self.agents, config=self.config, public_url=self.public_url,
+            check_runnable=self.check_runnable, asr=self.asr,
         )
-        self.rooms = RoomRegistry(self.services)  # named conversation rooms
-        #: Action name -> runner: the NCCO actions, and an applet number's Exotel Connect.
-        self.runners: dict[str, Runner] = {
-            **action_modules.runners(self.rooms),
-            exotel_applet.ACTION: exotel_applet.run,
-        }
+        rooms = RoomRegistry(services)  # named conversation rooms
+        link = AriLink(
+            node=node, slot=slot, gateway=gateway, services=services, rooms=rooms,
+            #: Action name -> runner: the NCCO actions, and an applet number's Exotel Connect.
+            runners={**action_modules.runners(rooms), exotel_applet.ACTION: exotel_applet.run},
+            # Agents' SIP devices (agents.devices), created in Asterisk after every connect.
+            devices=DeviceProvisioner(gateway, self.config.agents.devices),
+            adopted=adopted,
+        )
+        self.links.append(link)
+        return link
+
+    async def start_link(self, link: AriLink) -> None:
+        await link.gateway.start()
+        await link.recordings.start()
+
+    async def stop_link(self, link: AriLink) -> None:
+        """Stop driving ``link``'s calls without hanging them up, and close it."""
+        for session in [s for s in self.sessions.values() if s.services is link.services]:
+            self._forget(session)
+        await link.recordings.close()
+        await link.rooms.shutdown()
+        await link.gateway.stop()
+        if link in self.links:
+            self.links.remove(link)
+
+    def link_of(self, record: CallRecord) -> AriLink | None:
+        """The link a stored call belongs to (a record written before nodes were named has
+        node '': the first node)."""
+        for link in self.links:
+            if link.slot == record.slot and (link.node == record.node or not record.node):
+                return link
+        return None
+
+    def calls_on(self, link: AriLink) -> int:
+        return sum(1 for s in self.sessions.values() if s.services is link.services)
+
+    @property
+    def primary(self) -> AriLink:
+        """The first link: what a single-node bridge's API, console and tests use."""
+        if not self.links:
+            raise RuntimeError("the engine has no ARI link yet")
+        return self.links[0]
+
+    @property
+    def gateway(self) -> AriGateway:
+        return self.primary.gateway
+
+    @property
+    def services(self) -> CallServices:
+        return self.primary.services
+
+    @property
+    def recordings(self) -> RecordingService:
+        return self.primary.recordings
+
+    @property
+    def devices(self) -> DeviceProvisioner:
+        return self.primary.devices
+
+    @property
+    def rooms(self) -> RoomRegistry:
+        return self.primary.rooms
 
     # ------------------------------------------------------------------ helpers
     def application(self, app_id: str) -> ApplicationConfig:
@@ -122,19 +250,22 @@ class CallEngine:
 
     def parse(self, data: Any) -> list[Action]:
         """An NCCO this bridge can run (raises NccoError)."""
-        return self.services.parse(data)
+        actions = parse_ncco(data)
+        self.check_runnable(actions)
+        return actions
 
-    def new_session(self, record: CallRecord, actions: list[Action] | None = None,
-                 resumed: bool = False, outbound: OutboundCall | None = None,
-                 app: ApplicationConfig | None = None) -> CallSession:
-        """A session for ``record``, wired to this engine's services and runners (not yet
+    def new_session(self, link: AriLink, record: CallRecord,
+                    actions: list[Action] | None = None, resumed: bool = False,
+                    outbound: OutboundCall | None = None,
+                    app: ApplicationConfig | None = None) -> CallSession:
+        """A session for ``record`` on ``link``, wired to its services and runners (not yet
         started)."""
-        return CallSession(self.services, self.store, record, app or self.application_of(record),
-                           self.runners, self._session_ended, actions, resumed, outbound)
+        return CallSession(link.services, self.store, record, app or self.application_of(record),
+                           link.runners, self._session_ended, actions, resumed, outbound)
 
     # ---------------------------------------------------------------- new calls
-    def on_stasis_start(self, event: Event) -> None:
-        """A channel entered our application and nobody owns it: a new inbound call."""
+    def on_stasis_start(self, link: AriLink, event: Event) -> None:
+        """A channel entered ``link``'s application and nobody owns it: a new inbound call."""
         channel = event.get("channel") or {}
         channel_id = str(channel.get("id", ""))
         args = [str(a) for a in event.get("args", [])]
@@ -142,11 +273,11 @@ class CallEngine:
             return
         if not args or args[0] != "inbound":
             log.warning("call.unexpected_channel", channel_id=channel_id, args=args)
-            self._run_task(self.gateway.hangup(channel_id))
+            self._run_task(link.gateway.hangup(channel_id))
             return
-        if self.draining:
+        if self.draining or link.adopted:
             self.calls_rejected += 1
-            self._run_task(self._reject_while_draining(channel))
+            self._run_task(self._turn_away(link, channel))
             return
         to = args[1] if len(args) > 1 else str(channel.get("dialplan", {}).get("exten", ""))
         caller = args[2] if len(args) > 2 else str(channel.get("caller", {}).get("number", ""))
@@ -157,7 +288,7 @@ class CallEngine:
             self.calls_rejected += 1
             log.warning("call.no_application", to=to, channel_id=channel_id)
             # 'unallocated' makes Asterisk answer the INVITE with 404: no such number here.
-            self._run_task(self.gateway.hangup(channel_id, "unallocated"))
+            self._run_task(link.gateway.hangup(channel_id, "unallocated"))
             return
         record = CallRecord(
             uuid=str(uuidlib.uuid4()),
@@ -171,31 +302,37 @@ class CallEngine:
             answered_at=None,
             ncco=[],
             position=0,
+            node=link.node,
+            slot=link.slot,
         )
         self.store.save(record)
         # An applet number runs its Connect applet instead of fetching answer_url.
         first: list[Any] | None = ([exotel_applet.ExotelConnect(number=to)]
                                    if applet is not None else None)
-        self._start(self.new_session(record, first))
+        self._start(link, self.new_session(link, record, first))
 
-    async def _reject_while_draining(self, channel: dict[str, Any]) -> None:
-        """Send a new inbound call back to the dialplan's fallback (SIP 503), as if no
-        bridge were connected: the carrier retries elsewhere, no event is sent."""
+    async def _turn_away(self, link: AriLink, channel: dict[str, Any]) -> None:
+        """Send a new inbound call back to the dialplan, as if this application were not
+        connected: outside a cluster to its fallback (SIP 503, the carrier retries
+        elsewhere); in a cluster to the next slot, which another bridge may hold. No event
+        is sent."""
         channel_id = str(channel.get("id", ""))
         dialplan = channel.get("dialplan") or {}
         context = str(dialplan.get("context") or "ari-bridge-inbound")
         extension = str(dialplan.get("exten") or "s")
-        log.info("call.rejected_draining", channel_id=channel_id, to=extension)
+        label = NEXT_SLOT_LABEL if self.config.cluster.enabled else UNAVAILABLE_LABEL
+        log.info("call.turned_away", channel_id=channel_id, to=extension, label=label,
+                 reason="draining" if self.draining else "adopted slot")
         try:
-            await self.gateway.continue_in_dialplan(channel_id, context, extension,
-                                                    label=UNAVAILABLE_LABEL)
+            await link.gateway.continue_in_dialplan(channel_id, context, extension,
+                                                    label=label)
         except ChannelGone:
             return
         except AriError as exc:
             # A dialplan without the label: congestion (cause 34) is the same SIP 503.
             log.warning("call.reject_fallback_missing", channel_id=channel_id,
                         context=context, error=exc.details)
-            await self.gateway.hangup(channel_id, "congestion")
+            await link.gateway.hangup(channel_id, "congestion")
 
     async def place_call(self, request: OutboundCall) -> CallSession:
         """Start an outbound call; returns at once (the session rings, then runs the NCCO).
@@ -204,6 +341,7 @@ class CallEngine:
         if self.draining:
             raise Draining("the bridge is shutting down and takes no new calls")
         app = self.application(request.application_id)  # KeyError for an unknown one
+        link = self._link_for_new_call()
         record = CallRecord(
             uuid=str(uuidlib.uuid4()),
             conversation_uuid="CON-" + str(uuidlib.uuid4()),
@@ -221,18 +359,30 @@ class CallEngine:
             answer_method=request.answer_method.upper() if request.answer_url else None,
             event_url=request.event_url or None,
             event_method=request.event_method.upper() if request.event_url else None,
+            node=link.node,
+            slot=link.slot,
         )
         self.store.save(record)
-        self._start(self.new_session(record, outbound=request))
+        self._start(link, self.new_session(link, record, outbound=request))
         return self.sessions[record.uuid]
 
-    def _start(self, session: CallSession) -> None:
+    def _link_for_new_call(self) -> AriLink:
+        """Where a REST call is placed: the links of this bridge's own slot (not adopted
+        ones), connected ones first, in turn."""
+        own = [link for link in self.links if not link.adopted] or self.links
+        if not own:
+            raise Draining("the bridge is not connected to Asterisk yet")
+        connected = [link for link in own if link.gateway.connected] or own
+        self._next_link += 1
+        return connected[self._next_link % len(connected)]
+
+    def _start(self, link: AriLink, session: CallSession) -> None:
         self.calls_started += 1
         metrics.CALLS_ACTIVE.inc()
         self.sessions[session.uuid] = session
         self.by_channel[session.channel_id] = session
-        self.gateway.route(f"channel:{session.channel_id}", session.on_event)
-        self._run_task(session.run())
+        link.gateway.route(f"channel:{session.channel_id}", session.on_event)
+        self._session_tasks[session.uuid] = self._run_task(session.run())
         if self.config.agents.track_all_calls:
             # The remote party is busy for Connect applets while this call lasts.
             party = (session.record.from_number if session.direction == "inbound"
@@ -247,43 +397,60 @@ class CallEngine:
         if self.sessions.pop(session.uuid, None) is not None:
             metrics.CALLS_ACTIVE.dec()
         self.by_channel.pop(session.channel_id, None)
+        self._session_tasks.pop(session.uuid, None)
         self.history.record_ended(session)
-        self.gateway.unroute(f"channel:{session.channel_id}")
+        session.gateway.unroute(f"channel:{session.channel_id}")
         if in_store:
             self.store.delete(session.uuid)
 
-    def _run_task(self, coro: Any) -> None:
-        """Run engine work (a rejection, a hangup, busy tracking) until shutdown."""
+    def _forget(self, session: CallSession) -> None:
+        """Stop driving a live call without ending it (its slot went to another bridge, or
+        this one is closing the link): its channel stays in Asterisk, its record in the
+        store, for whoever holds the slot."""
+        task = self._session_tasks.pop(session.uuid, None)
+        if task is not None:
+            task.cancel()
+        if self.sessions.pop(session.uuid, None) is not None:
+            metrics.CALLS_ACTIVE.dec()
+        self.by_channel.pop(session.channel_id, None)
+        session.gateway.unroute(f"channel:{session.channel_id}")
+
+    def _run_task(self, coro: Any) -> asyncio.Task[None]:
+        """Run engine work (a session, a rejection, a hangup, busy tracking) until shutdown."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------ reconciliation
-    async def reconcile(self) -> None:
-        """After a (re)connect: resume or end what is in Stasis, complete what is gone."""
+    async def reconcile(self, link: AriLink) -> None:
+        """After ``link`` (re)connects: resume or end what is in its Stasis application,
+        complete what is gone. Only the link's own calls are judged: those of its node and
+        slot."""
         # Only sessions older than the snapshot can be judged by it: a call that starts while
         # the request is in flight is not in the list yet, and is not gone.
         snapshot_at = time.monotonic()
         try:
-            in_stasis = set(await self.gateway.app_channel_ids())
+            in_stasis = set(await link.gateway.app_channel_ids())
         except AriError as exc:
-            log.warning("reconcile.failed", error=str(exc))
+            log.warning("reconcile.failed", link=link.name, error=str(exc))
             return
         # Live sessions whose channel vanished while the websocket was down.
-        for session in list(self.sessions.values()):
+        for session in [s for s in self.sessions.values() if s.services is link.services]:
             dialling = session.outbound is not None and session.answered is None
             if (session.created < snapshot_at and not dialling
                     and session.channel_id not in in_stasis):
                 session.on_event({"type": "ChannelDestroyed", "cause_txt": "gone while away"})
-        records = {r.channel_id: r for r in self.store.all()}
+        records = {r.channel_id: r for r in self.store.all(slot=link.slot)
+                   if self.link_of(r) is link}
         resumed = ended = cleaned = 0
         for channel_id in in_stasis - set(self.by_channel):
             record = records.pop(channel_id, None)
             if record is None:
                 cleaned += 1
-                await self.gateway.hangup(channel_id)
+                await link.gateway.hangup(channel_id)
                 continue
-            if self._resume(record):
+            if self._resume(link, record):
                 resumed += 1
             else:
                 ended += 1
@@ -293,20 +460,22 @@ class CallEngine:
                 continue
             self._complete_orphan(record)
             ended += 1
-        log.info("reconcile.done", in_stasis=len(in_stasis), resumed=resumed,
+        link.reconciled = True
+        log.info("reconcile.done", link=link.name, in_stasis=len(in_stasis), resumed=resumed,
                  ended=ended, cleaned=cleaned, live=len(self.sessions))
 
-    def _resume(self, record: CallRecord) -> bool:
+    def _resume(self, link: AriLink, record: CallRecord) -> bool:
         try:
             app = self.application_of(record)
             actions = self.parse(record.ncco)
         except (KeyError, NccoError) as exc:
             log.warning("reconcile.cannot_resume", call_uuid=record.uuid, error=str(exc))
             self._complete_orphan(record)
-            self._run_task(self.gateway.hangup(record.channel_id))
+            self._run_task(link.gateway.hangup(record.channel_id))
             return False
-        log.info("reconcile.resume", call_uuid=record.uuid, position=record.position)
-        self._start(self.new_session(record, actions, resumed=True, app=app))
+        log.info("reconcile.resume", call_uuid=record.uuid, position=record.position,
+                 link=link.name)
+        self._start(link, self.new_session(link, record, actions, resumed=True, app=app))
         return True
 
     def _complete_orphan(self, record: CallRecord) -> None:

@@ -97,6 +97,8 @@ class CallRecord:
     event_url: str | None = None
     event_method: str | None = None
     fallback_url: str | None = None
+    node: str = ""
+    slot: int = 0
 
     def url_overrides(self) -> dict[str, str]:
         """The application settings this call overrides (``ApplicationConfig`` field names)."""
@@ -159,7 +161,7 @@ class CallStore:
     def delete(self, uuid: str) -> None:
         self._db.execute("DELETE FROM live_calls WHERE uuid=?", (uuid,))
 
-    def all(self) -> list[CallRecord]:
+    def all(self, slot: int | None = None) -> list[CallRecord]:
         cursor = self._db.execute(
             "SELECT uuid, conversation_uuid, channel_id, application_id, direction, from_number,"
             " to_number, started_at, answered_at, ncco, position, replacements, answer_url,"
@@ -249,3 +251,10 @@ def _outbox_event(row: tuple[Any, ...]) -> OutboxEvent:
         fallback_url=row[6], signed=bool(row[7]), created_at=float(row[8]),
         attempts=int(row[9]), next_attempt_at=float(row[10]),
     )
+
+
+CallStorage = CallStore  # stand-in until the storage protocol lands
+
+
+def open_call_store(config, owned_slots=None):  # type: ignore[no-untyped-def]  # stand-in
+    return CallStore(config.store.path)

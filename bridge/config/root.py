@@ -12,6 +12,7 @@ from bridge.config.sections import (
     AgentsConfig,
     ApplicationConfig,
     AriConfig,
+    ClusterConfig,
     ConnectAppletConfig,
     ConsoleConfig,
     EventsConfig,
@@ -37,6 +38,7 @@ class Config(_Strict):
     log: LogConfig = LogConfig()
     service: ServiceConfig = ServiceConfig()
     console: ConsoleConfig = ConsoleConfig()
+    cluster: ClusterConfig = ClusterConfig()
     applications: list[ApplicationConfig] = []
     numbers: dict[str, str] = Field(
         default_factory=dict, description="inbound number -> application id; '*' is the default"
@@ -63,6 +65,9 @@ class Config(_Strict):
             if applet.application not in ids:
                 raise ValueError(f"connect_applets.{number}.application: unknown application "
                                  f"{applet.application!r}")
+
+    def stasis_app(self, slot: int) -> str:
+        return f"{self.ari.app}-{slot}" if self.cluster.enabled else self.ari.app
 
     def application(self, app_id: str) -> ApplicationConfig | None:
         return next((a for a in self.applications if a.id == app_id), None)

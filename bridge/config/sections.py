@@ -37,6 +37,7 @@ def _http_url(value: str) -> str:
 
 
 class AriConfig(_Strict):
+    name: str = "asterisk"
     url: str = "http://127.0.0.1:8088"
     username: str = "ari-bridge"
     password: SecretStr = SecretStr("")
@@ -56,6 +57,9 @@ class AriConfig(_Strict):
         "auto", description="how REST requests reach Asterisk: on the event websocket (Asterisk "
                             "22.5, 21.10, 20.15 and later), over HTTP, or 'auto' (the websocket "
                             "when this Asterisk's version supports it)")
+
+    def node_configs(self) -> list[AriConfig]:  # stand-in
+        return [self]
 
     @field_validator("url")
     @classmethod
@@ -388,3 +392,11 @@ class ConsoleConfig(_Strict):
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = Field(False, alias="json")
+
+
+class ClusterConfig(_Strict):
+    enabled: bool = False
+    slots: int = 4
+    heartbeat_s: float = 1.0
+    dead_after_s: float = 3.0
+    instance_id: str | None = None

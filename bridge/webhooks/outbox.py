@@ -296,6 +296,22 @@ class EventOutbox:
             self._dispatch(), name="event-outbox")
         _running.add(self)
 
+    def adopt_streams(self) -> None:
+        """Pick up the calls with pending events that the storage now also covers (a slot
+        this bridge adopted in a cluster), behind the ones already queued."""
+        if self._dispatcher is None:
+            return
+        added = 0
+        for call_uuid, next_attempt_at in self._storage.outbox_streams():
+            if call_uuid not in self._active:
+                self._active.add(call_uuid)
+                self._schedule(call_uuid, next_attempt_at)
+                added += 1
+        self._count = self._safe_count()
+        if added:
+            log.info("events.adopted", calls=added)
+        self._wake.set()
+
     async def stop(self) -> None:
         """Stop delivering; what is not delivered stays on disk for the next start.
 

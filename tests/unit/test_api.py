@@ -136,6 +136,9 @@ class FakeEngine:
         self.gateway = FakeGateway()
 
     def add(self, session: FakeSession) -> FakeSession:
+        # A session reaches Asterisk through its own link's gateway and services.
+        session.gateway = self.gateway  # type: ignore[attr-defined]
+        session.services = self  # type: ignore[attr-defined]
         self.sessions[session.uuid] = session
         return session
 

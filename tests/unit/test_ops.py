@@ -71,8 +71,10 @@ def _engine(tmp_path: Path, gateway: Any) -> CallEngine:
         "applications": [{"id": "app", "answer_url": "http://hooks/answer"}],
         "numbers": {"*": "app"},
     })
-    return CallEngine(config, gateway, None, None,  # type: ignore[arg-type]
-                      CallStore(tmp_path / "calls.sqlite3"), lambda: "http://bridge")
+    engine = CallEngine(config, None, None,  # type: ignore[arg-type]
+                        CallStore(tmp_path / "calls.sqlite3"), lambda: "http://bridge")
+    engine.attach(gateway)
+    return engine
 
 
 async def test_a_draining_engine_sends_a_new_call_to_the_dialplans_503_fallback(
@@ -80,7 +82,7 @@ async def test_a_draining_engine_sends_a_new_call_to_the_dialplans_503_fallback(
     gateway = DialplanGateway()
     engine = _engine(tmp_path, gateway)
     engine.start_draining()
-    engine.on_stasis_start(INBOUND)
+    engine.on_stasis_start(engine.primary, INBOUND)
     await asyncio.wait_for(gateway.done.wait(), 10)
     assert gateway.calls == [("continue", CHANNEL, "ari-bridge-inbound", "15551230000",
                               UNAVAILABLE_LABEL)]
@@ -94,7 +96,7 @@ async def test_without_the_fallback_label_a_draining_engine_hangs_up_with_conges
     gateway = DialplanGateway(AriError("POST", "/channels/x/continue", 404, "no such label"))
     engine = _engine(tmp_path, gateway)
     engine.start_draining()
-    engine.on_stasis_start(INBOUND)
+    engine.on_stasis_start(engine.primary, INBOUND)
     await asyncio.wait_for(gateway.done.wait(), 10)
     # Congestion is cause 34, which PJSIP answers as SIP 503 too.
     assert gateway.calls[-1] == ("hangup", CHANNEL, "congestion")
@@ -105,7 +107,7 @@ async def test_a_caller_gone_before_the_rejection_is_left_alone(tmp_path: Path) 
     gateway = DialplanGateway(ChannelGone("POST", "/channels/x/continue", 404, "gone"))
     engine = _engine(tmp_path, gateway)
     engine.start_draining()
-    engine.on_stasis_start(INBOUND)
+    engine.on_stasis_start(engine.primary, INBOUND)
     while not gateway.calls:  # noqa: ASYNC110 - the engine's task runs on this loop
         await asyncio.sleep(0.01)
     for _ in range(5):

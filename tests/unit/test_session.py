@@ -127,11 +127,13 @@ class Harness:
         self.webhooks = FakeWebhooks({"http://hooks/answer": answer, **(hooks or {})})
         store = CallStore(config.store.path)
         self.outbox = StoredEvents(store)
-        self.engine = CallEngine(config, self.gateway, self.webhooks, FakeMedia(),  # type: ignore[arg-type]
+        self.engine = CallEngine(config, self.webhooks, FakeMedia(),  # type: ignore[arg-type]
                                  store, lambda: "http://bridge")
+        self.engine.attach(self.gateway)  # type: ignore[arg-type]
 
     def start_call(self) -> Any:
-        self.engine.on_stasis_start({"type": "StasisStart", "channel": {"id": CHANNEL},
+        self.engine.on_stasis_start(self.engine.primary,
+                                    {"type": "StasisStart", "channel": {"id": CHANNEL},
                                      "args": ["inbound", "15551230000", "15550001111"]})
         return self.engine.by_channel[CHANNEL]
 
@@ -238,7 +240,7 @@ async def test_a_call_that_ended_while_away_completes_to_its_own_event_url(
                      answered_at="2024-01-01T00:00:01.000Z", ncco=[], position=0,
                      event_url="http://own/events", event_method="GET")
     h.engine.store.save(own)
-    await h.engine.reconcile()
+    await h.engine.reconcile(h.engine.primary)
     [completed] = h.engine.store.outbox_events()
     assert (completed.url, completed.method) == ("http://own/events", "GET")
     assert completed.payload["status"] == "completed" and completed.payload["uuid"] == "u-own"
@@ -301,10 +303,11 @@ async def test_resumed_call_stops_the_previous_bridges_playback_before_playing_a
         started_at="2026-01-01T00:00:00.000Z", answered_at="2026-01-01T00:00:01.000Z",
         ncco=talk, position=0)
     h.engine.store.save(record)
-    session = h.engine.new_session(record, h.engine.parse(talk), resumed=True)
+    session = h.engine.new_session(h.engine.primary, record, h.engine.parse(talk),
+                                   resumed=True)
     leftover = session.action_playback_ids()[0]
     h.gateway.playing.add(leftover)  # the dead bridge's chunk, still on the channel
-    h.engine._start(session)
+    h.engine._start(h.engine.primary, session)
 
     await h.until(lambda: any(c[0] == "play" for c in h.gateway.calls))
     kinds = [c[:2] for c in h.gateway.calls]

@@ -1,0 +1,2 @@
+class SlotLeases:  # stand-in
+    pass
