@@ -146,7 +146,11 @@ async def readyz(request: web.Request) -> web.Response:
         "draining": engine.draining,
         "live_calls": len(engine.sessions),
         "calls_started": engine.calls_started,
+        "links": [link.describe() for link in engine.links],
     }
+    member = (request.app.get(CLUSTER_KEY) or [None])[0]
+    if member is not None:
+        body["cluster"] = member.describe()
     return web.json_response(body, status=503 if failed else 200)
 
 

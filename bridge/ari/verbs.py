@@ -75,12 +75,16 @@ class AriVerbs:
     async def create_channel(
         self, channel_id: str, endpoint: str, app_args: list[str], variables: dict[str, str]
     ) -> None:
-        """Create an outgoing channel in our application without dialling it yet."""
+        """Create an outgoing channel in our application without dialling it yet.
+
+        The leg carries our application's name (``ARI_BRIDGE_APP``): a leg sent to the
+        dialplan (answering-machine detection) returns to the application that sent it, which
+        in a cluster is one slot's of several."""
         await self.request(
             "POST", "/channels/create",
             {"endpoint": endpoint, "app": self.app, "appArgs": app_args,
              "channelId": channel_id},
-            body={"variables": variables} if variables else None,
+            body={"variables": {"ARI_BRIDGE_APP": self.app, **variables}},
         )
 
     async def dial(self, channel_id: str, caller_id: str | None, timeout_s: int) -> None:

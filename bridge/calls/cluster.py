@@ -53,6 +53,9 @@ class ClusterMember:
         #: Adoptions done, for the console and the tests.
         self.adoptions = 0
         self._task: asyncio.Task[None] | None = None
+        #: No adoption before this (monotonic): after our own Redis outage, owners need a
+        #: beat to re-claim slots whose keys expired meanwhile, which are not orphans.
+        self._adopt_after = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -91,6 +94,12 @@ class ClusterMember:
                 await self.leases.release(slot)
         await self.leases.close()
 
+    def describe(self) -> dict[str, Any]:
+        """What ``/readyz`` shows of the membership."""
+        return {"instance": self.instance, "primary_slot": self.primary_slot,
+                "slots": sorted(self.owned_slots), "adopted": sorted(self.adopted),
+                "adoptions": self.adoptions}
+
     @property
     def held(self) -> set[int]:
         return set(self.owned_slots)
@@ -109,6 +118,7 @@ class ClusterMember:
                 # only if the outage outlasts dead_after_s, and then we re-claim or give up
                 # each slot on the first beat that reaches Redis again.
                 log.warning("cluster.heartbeat_failed", error=str(exc) or type(exc).__name__)
+                self._adopt_after = time.monotonic() + self.config.cluster.dead_after_s
 
     async def _heartbeat(self) -> None:
         flush = getattr(self.store, "flush_deferred", None)
@@ -126,9 +136,10 @@ class ClusterMember:
         })
         if self.primary_slot is None:
             await self._rejoin()
-        for slot in await self.leases.orphaned(self.store.has_data):
-            if await self.leases.claim(slot):
-                await self._adopt(slot)
+        if time.monotonic() >= self._adopt_after:
+            for slot in await self.leases.orphaned(self.store.has_data):
+                if await self.leases.claim(slot):
+                    await self._adopt(slot)
         for slot in sorted(self.adopted):
             await self._release_if_empty(slot)
 

@@ -80,6 +80,13 @@ class AriLink:
     adopted: bool = False
     #: Set once a reconciliation after a connect has run: the link's calls are all known.
     reconciled: bool = False
+    calls_started: int = 0  # new calls and resumed ones
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/readyz`` shows of the link."""
+        return {"name": self.name, "node": self.node, "app": self.gateway.app,
+                "slot": self.slot, "adopted": self.adopted,
+                "connected": self.gateway.connected, "calls_started": self.calls_started}
 
     @property
     def recordings(self) -> RecordingService:
@@ -378,6 +385,7 @@ class CallEngine:
 
     def _start(self, link: AriLink, session: CallSession) -> None:
         self.calls_started += 1
+        link.calls_started += 1
         metrics.CALLS_ACTIVE.inc()
         self.sessions[session.uuid] = session
         self.by_channel[session.channel_id] = session
