@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import re
 import socket
@@ -38,7 +37,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +50,10 @@ from bridge.app import BridgeService  # noqa: E402
 from bridge.config import load_config  # noqa: E402
 from bridge.lab import LabOptions, lab_down, lab_up  # noqa: E402
 from bridge.lab.sipp import Agent, free_port, sipp_binary  # noqa: E402
+from bridge.lab.sipp.traces import double_bookings, messages, start_lines  # noqa: E402
 from bridge.logging import setup_logging  # noqa: E402
 
 NUMBER = "15557770000"
-_STAMP = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)", re.M)
 
 CALLER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="exotel caller">
@@ -111,47 +109,6 @@ CALLER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   </send>
 </scenario>
 """
-
-
-def _messages(trace: str) -> list[tuple[float, str]]:
-    """(wall-clock time, text) of every message in a sipp -trace_msg file."""
-    parts = _STAMP.split(trace)
-    out = []
-    for i in range(1, len(parts) - 1, 2):
-        stamp = datetime.strptime(parts[i], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        out.append((stamp, parts[i + 1]))
-    return out
-
-
-def _lines(text: str) -> tuple[str, str]:
-    """(the 'UDP message sent/received' line, the SIP start line) of one traced message."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0], lines[1]) if len(lines) > 1 else ("", "")
-
-
-def _header(text: str, name: str) -> str | None:
-    match = re.search(rf"^\s*{name}:\s*(.+?)\s*$", text, re.M | re.I)
-    return match.group(1) if match else None
-
-
-def double_bookings(trace: str) -> tuple[int, list[tuple[str, float]]]:
-    """Overlapping calls of one agent, and (CallSid, time) of each INVITE it received."""
-    starts: dict[str, float] = {}
-    ends: dict[str, float] = {}
-    invites = []
-    for stamp, text in _messages(trace):
-        direction, first = _lines(text)
-        call_id = _header(text, "Call-ID") or ""
-        if "received" in direction and first.startswith("INVITE "):
-            if call_id not in starts:
-                starts[call_id] = stamp
-                invites.append((_header(text, "X-Exotel-CallSid") or "", stamp))
-        elif first.startswith("BYE ") or (first.startswith("SIP/2.0 ") and
-                                          "CSeq: 2 BYE" in text):
-            ends.setdefault(call_id, stamp)
-    intervals = sorted((starts[c], ends.get(c, float("inf"))) for c in starts)
-    overlaps = sum(1 for a, b in itertools.pairwise(intervals) if b[0] < a[1])
-    return overlaps, invites
 
 
 async def start_app(agents: list[str]) -> tuple[web.AppRunner, str, dict[str, str]]:
@@ -235,8 +192,8 @@ async def run_backend(lab: Any, backend: str, args: argparse.Namespace,
         # Agents hang up after --hold-ms: wait (bounded) for their BYEs to be in the traces.
         await asyncio.sleep(args.hold_ms / 1000 + 1)
         caller_invites: dict[str, float] = {}
-        for stamp, text in _messages(trace.read_text(errors="replace")):
-            direction, first = _lines(text)
+        for stamp, text in messages(trace.read_text(errors="replace")):
+            direction, first = start_lines(text)
             if "sent" in direction and first.startswith("INVITE "):
                 match = re.search(r"From: <sip:(\d+)@", text)
                 if match:

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from bridge.lab import LabOptions, lab_down, lab_up  # noqa: E402
 from bridge.lab.sipp import Agent, RtpReceiver, free_port, place_call  # noqa: E402
+from bridge.lab.sipp.traces import header, messages  # noqa: E402
 
 NUMBER = "15558880000"
-_STAMP = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)", re.M)
-
-
-def messages(trace: str) -> list[tuple[float, str]]:
-    """(wall-clock time, text) of every message in a sipp -trace_msg file."""
-    parts = _STAMP.split(trace)
-    return [(datetime.strptime(parts[i], "%Y-%m-%d %H:%M:%S.%f").timestamp(), parts[i + 1])
-            for i in range(1, len(parts) - 1, 2)]
-
-
-def header(text: str, name: str) -> str | None:
-    match = re.search(rf"^\s*{name}:\s*(.+?)\s*$", text, re.M | re.I)
-    return match.group(1) if match else None
-
-
 def leg_times(trace: str, wanted: str) -> dict[str, float]:
     """CallSid -> time of the first ``wanted`` message on that call's leg: '200 sent' (the
     winner's answer) or 'CANCEL received' (a loser's cancel)."""

@@ -63,6 +63,14 @@ class RtpReceiver(asyncio.DatagramProtocol):
         """Seconds of PCMU received (8000 samples per second, one byte per sample)."""
         return sum(len(p.payload) for p in self.audio_packets()) / 8000.0
 
+    def last_voiced(self, threshold: float = 500.0) -> float:
+        """When audio above silence last arrived (monotonic seconds; 0 if never)."""
+        for packet in reversed(self.audio_packets()):
+            samples = [_ULAW[b] for b in packet.payload]
+            if samples and math.sqrt(sum(s * s for s in samples) / len(samples)) > threshold:
+                return packet.arrived
+        return 0.0
+
     def voiced_seconds(self, threshold: float = 500.0) -> float:
         """Seconds of 20 ms frames whose RMS level exceeds ``threshold`` (not silence)."""
         voiced = 0.0
