@@ -328,8 +328,9 @@ class CallEngine:
         context = str(dialplan.get("context") or "ari-bridge-inbound")
         extension = str(dialplan.get("exten") or "s")
         label = NEXT_SLOT_LABEL if self.config.cluster.enabled else UNAVAILABLE_LABEL
-        log.info("call.turned_away", channel_id=channel_id, to=extension, label=label,
-                 reason="draining" if self.draining else "adopted slot")
+        # Draining: the operator's signal; otherwise a slot adopted from a dead bridge.
+        log.info("call.rejected_draining" if self.draining else "call.sent_to_next_slot",
+                 channel_id=channel_id, to=extension, label=label)
         try:
             await link.gateway.continue_in_dialplan(channel_id, context, extension,
                                                     label=label)
