@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bridge.config import Config, ConfigError
+from bridge.config import Config, ConfigError, env_segment
 
 #: External programs the media pipeline runs (text to speech, conversion to 8 kHz WAV).
 MEDIA_TOOLS = ("espeak-ng", "sox", "ffmpeg")
@@ -62,9 +62,14 @@ def run_checks(config: Config) -> Report:
         if shutil.which(tool) is None:
             report.warnings.append(f"{tool} is not installed (or not on PATH): calls that "
                                    "speak or play media will fail")
-    if not config.ari.password.get_secret_value():
+    if not config.ari.nodes and not config.ari.password.get_secret_value():
         report.warnings.append("ari.password is empty: set ARI_BRIDGE_ARI__PASSWORD, or "
                                "Asterisk will refuse the connection")
+    for node in config.ari.nodes:
+        if not node.password.get_secret_value():
+            variable = f"ARI_BRIDGE_ARI__NODES__{env_segment(node.name)}__PASSWORD"
+            report.warnings.append(f"ari.nodes.{node.name}.password is empty: set {variable}, "
+                                   "or that Asterisk will refuse the connection")
     return report
 
 

@@ -334,6 +334,7 @@ class RedisCallStore:
 
     def has_data(self, slot: int) -> bool:
         """True when ``slot`` has live calls or pending events (a slot worth adopting)."""
+        self._flush_before_read()
         return bool(self._read(lambda: self._has_data(args=[self.prefix, slot])))
 
     def _change(self, uuid: str, what: str, fields: dict[str, Any]) -> None:

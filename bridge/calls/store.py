@@ -1,9 +1,13 @@
 """What a restarted bridge needs to pick a live call up again, kept in an embedded SQLite file.
 
 One row per live call: its ids, the leg's channel, the NCCO it is running and the position in
-it, and, for a REST-created call, its own answer and event URLs. The row is written when the
-call starts and at each action, and deleted when the call has ended, in the same transaction
-that writes its ``completed`` event to the event outbox.
+it, for a REST-created call its own answer and event URLs, and its place in a cluster (the
+Asterisk node of its channel, the slot whose Stasis application holds it). The row is written
+when the call starts and at each action, and deleted when the call has ended, in the same
+transaction that writes its ``completed`` event to the event outbox.
+
+:class:`CallStorage` is what the engine needs of a call store; the bridges of a cluster share
+one in Redis instead (bridge/calls/redis_store.py, ``store.backend: redis``).
 
 The same file holds the event outbox (table ``event_outbox``, see bridge/webhooks/outbox.py):
 every status event is written there before it counts as sent, and deleted once delivered.

@@ -12,6 +12,10 @@ import pytest
 from bridge.config import Config, ConfigError, load_config
 from bridge.preflight import describe_stores, run_checks
 
+
+def empty_password_warnings(config: Config) -> list[str]:
+    return [w for w in run_checks(config).warnings if "password is empty" in w]
+
 CLUSTER = """
 store:
   backend: redis
@@ -76,6 +80,11 @@ def test_a_node_password_comes_from_the_environment(tmp_path: Path) -> None:
                          environ={"ARI_BRIDGE_ARI__NODES__B__PASSWORD": "from-env"})
     passwords = {n.name: n.password.get_secret_value() for n in config.ari.node_configs()}
     assert passwords == {"a": "first", "b": "from-env"}
+    # Only in the environment (the file names the node, not its password).
+    no_password = CLUSTER.replace("username: other, password: second", "username: other")
+    config = load_config(write(tmp_path, no_password),
+                         environ={"ARI_BRIDGE_ARI__NODES__B__PASSWORD": "env-only"})
+    assert config.ari.node_configs()[1].password.get_secret_value() == "env-only"
     with pytest.raises(ConfigError, match="ARI_BRIDGE_ARI__NODES__C: no item with name"):
         load_config(write(tmp_path, CLUSTER),
                     environ={"ARI_BRIDGE_ARI__NODES__C__PASSWORD": "x"})
@@ -123,3 +132,12 @@ def test_stores_are_described_without_passwords_and_sqlite_is_not_opened(
     sqlite_config = config.model_copy(update={"store": config.store.model_copy(
         update={"backend": "sqlite"})})
     assert any(e.startswith("store.path") for e in run_checks(sqlite_config).errors)
+
+
+def test_an_empty_node_password_is_warned_about_by_node(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, CLUSTER.replace("password: first", "password: ''")),
+                         environ={})
+    # The shared ari.password is not used with nodes: no warning about it.
+    assert empty_password_warnings(config) == [
+        "ari.nodes.a.password is empty: set ARI_BRIDGE_ARI__NODES__A__PASSWORD, or that "
+        "Asterisk will refuse the connection"]
