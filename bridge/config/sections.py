@@ -48,7 +48,7 @@ class AriNodeConfig(_Strict):
     name: str = Field(pattern=NODE_NAME_PATTERN,
                       description="the node's name in logs and in the call store")
     url: str = Field(description="the node's ARI base URL, http(s)://host:port")
-    username: str = "ari-bridge"
+    username: str = Field("ari-bridge", description="the node's ari.conf user")
     password: SecretStr = Field(
         description="prefer the environment: ARI_BRIDGE_ARI__NODES__<NAME>__PASSWORD")
 

@@ -498,7 +498,9 @@ def test_a_store_file_from_before_gets_the_new_columns(tmp_path: Path) -> None:
     try:
         [legacy] = store.all()
         assert legacy.uuid == "u1" and legacy.event_url is None and legacy.url_overrides() == {}
+        assert (legacy.node, legacy.slot) == ("", 0)
         own = record("u2")
+        own.node, own.slot = "ast-b", 3
         own.event_url, own.event_method = "http://own.example/ev", "GET"
         own.answer_url, own.answer_method = "http://own.example/an", "POST"
         store.save(own)
@@ -506,7 +508,8 @@ def test_a_store_file_from_before_gets_the_new_columns(tmp_path: Path) -> None:
         store.close()
     reopened = CallStore(path)  # opening again migrates nothing twice
     try:
-        [kept] = [r for r in reopened.all() if r.uuid == "u2"]
+        [kept] = reopened.all(slot=3)
+        assert (kept.uuid, kept.node) == ("u2", "ast-b")
         assert kept.url_overrides() == {
             "event_url": "http://own.example/ev", "event_method": "GET",
             "answer_url": "http://own.example/an", "answer_method": "POST"}
