@@ -280,7 +280,7 @@ class RedisCallStore:
         """Make one small write (``GET /readyz``); raises when Redis is away or refuses it
         (read-only replica, out of memory)."""
         try:
-            self._redis.set(self._key("health"), str(time.time()), px=60_000)
+            self._redis.set(self._key("health"), str(time.time()), px=10_000)
         except _AWAY as exc:
             raise StoreUnavailable(f"redis is away: {exc}") from exc
 

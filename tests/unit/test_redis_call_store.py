@@ -17,8 +17,9 @@ from bridge.agents.redis_server import RedisServer
 from bridge.calls.redis_store import RedisCallStore, StoreUnavailable
 from bridge.calls.store import CallRecord, CallStorage, CallStore
 from bridge.calls.stores import open_call_store
-from bridge.config import Config
-from bridge.webhooks.outbox import NewOutboxEvent
+from bridge.config import ApplicationConfig, Config
+from bridge.webhooks import WebhookClient
+from bridge.webhooks.outbox import EventOutbox, NewOutboxEvent
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +294,13 @@ def test_writes_wait_while_redis_is_away_and_are_replayed_in_order(tmp_path: Pat
             s.all()
         with pytest.raises(StoreUnavailable):
             s.outbox_add(event("kept", 2))
+        # The outbox reports the event as not written, and the call stays live.
+        app = ApplicationConfig(id="app", answer_url="http://127.0.0.1:9/answer")
+        events = EventOutbox(s, WebhookClient(), lambda _: app)
+        with structlog.testing.capture_logs() as logs:
+            assert not events.post("kept", app, "http://127.0.0.1:9/event", "POST",
+                                   {"status": "completed"}, ends_call=True)
+        assert [e["event"] for e in logs] == ["event.not_written"]
         with pytest.raises(StoreUnavailable):
             s.has_data(1)
 
