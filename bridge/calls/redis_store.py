@@ -76,6 +76,13 @@ class StoreUnavailable(RuntimeError):
 _OUTBOX_ADD = """
 local p = ARGV[1]
 local call = ARGV[3]
+local ended = ARGV[5]
+-- Every read that can fail comes before the first write: a script is not rolled back.
+local ended_slot = nil
+if ended ~= '' then
+  local record = redis.call('GET', p .. 'call:' .. ended)
+  if record then ended_slot = cjson.decode(record).slot or 0 end
+end
 local slot = redis.call('HGET', p .. 'stream-slots', call)
 if not slot then
   slot = ARGV[4]
@@ -87,13 +94,9 @@ redis.call('RPUSH', p .. 'events:' .. call, id)
 redis.call('ZADD', p .. 'slot:' .. slot .. ':streams', 'NX', id, call)
 redis.call('INCR', p .. 'slot:' .. slot .. ':pending')
 redis.call('SADD', p .. 'slots', slot)
-local ended = ARGV[5]
-if ended ~= '' then
-  local record = redis.call('GET', p .. 'call:' .. ended)
-  if record then
-    redis.call('SREM', p .. 'slot:' .. cjson.decode(record).slot .. ':calls', ended)
-    redis.call('DEL', p .. 'call:' .. ended)
-  end
+if ended_slot then
+  redis.call('SREM', p .. 'slot:' .. ended_slot .. ':calls', ended)
+  redis.call('DEL', p .. 'call:' .. ended)
 end
 return id
 """
@@ -186,7 +189,7 @@ _DELETE_CALL = """
 local p = ARGV[1]
 local record = redis.call('GET', p .. 'call:' .. ARGV[2])
 if record then
-  redis.call('SREM', p .. 'slot:' .. cjson.decode(record).slot .. ':calls', ARGV[2])
+  redis.call('SREM', p .. 'slot:' .. (cjson.decode(record).slot or 0) .. ':calls', ARGV[2])
 end
 if ARGV[3] ~= '' then redis.call('SREM', p .. 'slot:' .. ARGV[3] .. ':calls', ARGV[2]) end
 redis.call('DEL', p .. 'call:' .. ARGV[2])
