@@ -20,7 +20,7 @@ from bridge.api import FileStore, RestApi
 from bridge.ari.gateway import AriGateway
 from bridge.calls.cluster import ClusterMember
 from bridge.calls.engine import CallEngine
-from bridge.calls.store import open_call_store
+from bridge.calls.stores import open_call_store
 from bridge.config import Config
 from bridge.console import register_console
 from bridge.media import EspeakTts, MediaStore

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bridge.config import Config, ConfigError
+from bridge.config import Config, ConfigError, env_segment
 
 #: External programs the media pipeline runs (text to speech, conversion to 8 kHz WAV).
 MEDIA_TOOLS = ("espeak-ng", "sox", "ffmpeg")
@@ -45,12 +45,15 @@ class Report:
 def run_checks(config: Config) -> Report:
     report = Report()
     _check_public_keys(config, report)
-    _check_sqlite("store.path", config.store.path, report)
+    if config.store.backend == "sqlite":
+        _check_sqlite("store.path", config.store.path, report)
+    else:
+        _check_redis_url("store.redis_url", config.store.redis_url, report)
     if config.agents.backend == "sqlite":
         key = "agents.path" if config.agents.path else "agents.path (beside store.path)"
         _check_sqlite(key, config.agents_path(), report)
     else:
-        _check_redis_url(config.agents.redis_url, report)
+        _check_redis_url("agents.redis_url", config.agents.redis_url, report)
     _check_http_host(config.http.host, report)
     _check_directory("media.path", config.media.path, report)
     _check_directory("recordings.path", config.recordings.path, report)
@@ -59,16 +62,26 @@ def run_checks(config: Config) -> Report:
         if shutil.which(tool) is None:
             report.warnings.append(f"{tool} is not installed (or not on PATH): calls that "
                                    "speak or play media will fail")
-    if not config.ari.password.get_secret_value():
+    if not config.ari.nodes and not config.ari.password.get_secret_value():
         report.warnings.append("ari.password is empty: set ARI_BRIDGE_ARI__PASSWORD, or "
                                "Asterisk will refuse the connection")
+    for node in config.ari.nodes:
+        if not node.password.get_secret_value():
+            variable = f"ARI_BRIDGE_ARI__NODES__{env_segment(node.name)}__PASSWORD"
+            report.warnings.append(f"ari.nodes.{node.name}.password is empty: set {variable}, "
+                                   "or that Asterisk will refuse the connection")
     return report
 
 
 def describe_stores(config: Config) -> list[dict[str, str]]:
     """One entry per store in use, for the start-up log and ``check-config``; never a
     password."""
-    calls = {"store": "calls", "backend": "sqlite", "path": str(config.store.path)}
+    if config.store.backend == "redis":
+        calls = {"store": "calls", "backend": "redis",
+                 "url": redact_url(config.store.redis_url or ""),
+                 "prefix": config.store.redis_prefix}
+    else:
+        calls = {"store": "calls", "backend": "sqlite", "path": str(config.store.path)}
     if config.agents.backend == "redis":
         agents = {"store": "agents", "backend": "redis",
                   "url": redact_url(config.agents.redis_url or ""),
@@ -125,18 +138,18 @@ def _check_sqlite(key: str, path: Path, report: Report) -> None:
         report.errors.append(f"{key}: {problem}")
 
 
-def _check_redis_url(url: str | None, report: Report) -> None:
-    """The URL the agent store's connection pool is built from at start (parsed, not
-    connected: Redis may come up after the bridge)."""
+def _check_redis_url(key: str, url: str | None, report: Report) -> None:
+    """The URL a store's connection pool is built from at start (parsed, not connected:
+    Redis may come up after the bridge)."""
     if not url:
-        report.errors.append("agents.redis_url: required for the redis backend")
+        report.errors.append(f"{key}: required for the redis backend")
         return
     import redis.asyncio as aioredis
 
     try:
         aioredis.BlockingConnectionPool.from_url(url)
     except ValueError as exc:
-        report.errors.append(f"agents.redis_url: {redact_url(url)}: {exc}")
+        report.errors.append(f"{key}: {redact_url(url)}: {exc}")
 
 
 def _check_http_host(host: str, report: Report) -> None:

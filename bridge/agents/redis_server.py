@@ -1,6 +1,9 @@
 """A throwaway redis-server on a free loopback port, for the tests and the benchmark.
 
-Started as our own child (no persistence, loopback only) and stopped by its PID."""
+Started as our own child (loopback only) and stopped by its PID. No persistence unless asked:
+with ``data_dir`` and ``appendonly``, every write is in the append-only file before it is
+acknowledged, so a server started again on the same port and directory has the data back (a
+Redis restart, as tests need it)."""
 
 from __future__ import annotations
 
@@ -9,12 +12,18 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 
 
 class RedisServer:
-    def __init__(self) -> None:
-        self.port = 0
+    def __init__(self, port: int = 0, data_dir: Path | None = None,
+                 appendonly: bool = False) -> None:
+        """``port`` 0: a free one. ``data_dir``: where the server keeps its files (kept at
+        stop); default: a temporary directory removed at stop."""
+        self.port = port
+        self.data_dir = data_dir
+        self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -26,13 +35,21 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self._tmp = tempfile.TemporaryDirectory(prefix="ari-bridge-redis-")
+        if not self.port:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = int(sock.getsockname()[1])
+        if self.data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ari-bridge-redis-")
+            directory = self._tmp.name
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            directory = str(self.data_dir)
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
+                       else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._tmp.name, "--protected-mode", "yes"],
+             *persistence, "--dir", directory, "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -1,9 +1,13 @@
 """What a restarted bridge needs to pick a live call up again, kept in an embedded SQLite file.
 
 One row per live call: its ids, the leg's channel, the NCCO it is running and the position in
-it, and, for a REST-created call, its own answer and event URLs. The row is written when the
-call starts and at each action, and deleted when the call has ended, in the same transaction
-that writes its ``completed`` event to the event outbox.
+it, for a REST-created call its own answer and event URLs, and its place in a cluster (the
+Asterisk node of its channel, the slot whose Stasis application holds it). The row is written
+when the call starts and at each action, and deleted when the call has ended, in the same
+transaction that writes its ``completed`` event to the event outbox.
+
+:class:`CallStorage` is what the engine needs of a call store; the bridges of a cluster share
+one in Redis instead (bridge/calls/redis_store.py, ``store.backend: redis``).
 
 The same file holds the event outbox (table ``event_outbox``, see bridge/webhooks/outbox.py):
 every status event is written there before it counts as sent, and deleted once delivered.
@@ -23,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.webhooks.outbox import NewOutboxEvent, OutboxEvent
 
@@ -55,6 +59,11 @@ CREATE TABLE IF NOT EXISTS store_health (
 # A REST-created call's own URLs (NULL: the application's). Added after the first release:
 # an existing file gets them by ALTER TABLE.
 _CALL_URL_COLUMNS = ("answer_url", "answer_method", "event_url", "event_method", "fallback_url")
+# Where the call is in a cluster (its Asterisk node, its slot); added by ALTER TABLE as well.
+_CALL_PLACE_COLUMNS = {"node": "TEXT NOT NULL DEFAULT ''", "slot": "INTEGER NOT NULL DEFAULT 0"}
+_CALL_COLUMNS = ("uuid, conversation_uuid, channel_id, application_id, direction, from_number,"
+                 " to_number, started_at, answered_at, ncco, position, replacements, answer_url,"
+                 " answer_method, event_url, event_method, fallback_url, node, slot")
 
 _OUTBOX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS event_outbox (
@@ -97,6 +106,8 @@ class CallRecord:
     event_url: str | None = None
     event_method: str | None = None
     fallback_url: str | None = None
+    # The Asterisk node its channel is on ('' for the single node of a plain bridge) and the
+    # slot whose Stasis application holds it (0 outside a cluster).
     node: str = ""
     slot: int = 0
 
@@ -106,6 +117,48 @@ class CallRecord:
                   "event_url": self.event_url, "event_method": self.event_method,
                   "fallback_answer_url": self.fallback_url}
         return {k: v for k, v in fields.items() if v is not None}
+
+
+class CallStorage(Protocol):
+    """What the engine needs of a call store; :class:`CallStore` (SQLite) and
+    ``bridge.calls.redis_store.RedisCallStore`` implement it."""
+
+    def close(self) -> None: ...
+
+    def check_writable(self) -> None:
+        """Make one small write (``GET /readyz``); raises when the store cannot take it."""
+        ...
+
+    def save(self, record: CallRecord) -> None: ...
+
+    def update_progress(
+        self, uuid: str, ncco: list[dict[str, Any]], position: int, replacements: int
+    ) -> None: ...
+
+    def mark_answered(self, uuid: str, answered_at: str) -> None: ...
+
+    def delete(self, uuid: str) -> None: ...
+
+    def all(self, slot: int | None = None) -> list[CallRecord]:
+        """The live calls, or only those of ``slot``."""
+        ...
+
+    def outbox_add(self, event: NewOutboxEvent, end_call: str | None = None) -> int: ...
+
+    def outbox_head(self, call_uuid: str) -> OutboxEvent | None: ...
+
+    def outbox_events(self) -> list[OutboxEvent]: ...
+
+    def outbox_delete(self, event_id: int) -> None: ...
+
+    def outbox_retry_later(self, event_id: int, attempts: int, next_attempt_at: float) -> None:
+        ...
+
+    def outbox_streams(self) -> list[tuple[str, float]]: ...
+
+    def outbox_count(self) -> int: ...
+
+    def outbox_oldest_created_at(self) -> float | None: ...
 
 
 class CallStore:
@@ -121,6 +174,9 @@ class CallStore:
         for column in _CALL_URL_COLUMNS:
             if column not in have:
                 self._db.execute(f"ALTER TABLE live_calls ADD COLUMN {column} TEXT")
+        for column, definition in _CALL_PLACE_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE live_calls ADD COLUMN {column} {definition}")
         self._db.executescript(_OUTBOX_SCHEMA)
 
     def close(self) -> None:
@@ -133,17 +189,15 @@ class CallStore:
 
     def save(self, record: CallRecord) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO live_calls (uuid, conversation_uuid, channel_id,"
-            " application_id, direction, from_number, to_number, started_at, answered_at, ncco,"
-            " position, replacements, answer_url, answer_method, event_url, event_method,"
-            " fallback_url) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO live_calls ({_CALL_COLUMNS})"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.uuid, record.conversation_uuid, record.channel_id,
                 record.application_id, record.direction, record.from_number,
                 record.to_number, record.started_at, record.answered_at,
                 json.dumps(record.ncco), record.position, record.replacements,
                 record.answer_url, record.answer_method, record.event_url,
-                record.event_method, record.fallback_url,
+                record.event_method, record.fallback_url, record.node, record.slot,
             ),
         )
 
@@ -162,11 +216,12 @@ class CallStore:
         self._db.execute("DELETE FROM live_calls WHERE uuid=?", (uuid,))
 
     def all(self, slot: int | None = None) -> list[CallRecord]:
-        cursor = self._db.execute(
-            "SELECT uuid, conversation_uuid, channel_id, application_id, direction, from_number,"
-            " to_number, started_at, answered_at, ncco, position, replacements, answer_url,"
-            " answer_method, event_url, event_method, fallback_url FROM live_calls"
-        )
+        """The live calls, or only those of ``slot``."""
+        if slot is None:
+            cursor = self._db.execute(f"SELECT {_CALL_COLUMNS} FROM live_calls")
+        else:
+            cursor = self._db.execute(f"SELECT {_CALL_COLUMNS} FROM live_calls WHERE slot=?",
+                                      (slot,))
         return [
             CallRecord(
                 uuid=row[0], conversation_uuid=row[1], channel_id=row[2], application_id=row[3],
@@ -174,6 +229,7 @@ class CallStore:
                 answered_at=row[8], ncco=json.loads(row[9]), position=row[10],
                 replacements=row[11], answer_url=row[12], answer_method=row[13],
                 event_url=row[14], event_method=row[15], fallback_url=row[16],
+                node=row[17], slot=int(row[18]),
             )
             for row in cursor.fetchall()
         ]
@@ -251,10 +307,3 @@ def _outbox_event(row: tuple[Any, ...]) -> OutboxEvent:
         fallback_url=row[6], signed=bool(row[7]), created_at=float(row[8]),
         attempts=int(row[9]), next_attempt_at=float(row[10]),
     )
-
-
-CallStorage = CallStore  # stand-in until the storage protocol lands
-
-
-def open_call_store(config, owned_slots=None):  # type: ignore[no-untyped-def]  # stand-in
-    return CallStore(config.store.path)

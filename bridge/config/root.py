@@ -38,7 +38,6 @@ class Config(_Strict):
     log: LogConfig = LogConfig()
     service: ServiceConfig = ServiceConfig()
     console: ConsoleConfig = ConsoleConfig()
-    cluster: ClusterConfig = ClusterConfig()
     applications: list[ApplicationConfig] = []
     numbers: dict[str, str] = Field(
         default_factory=dict, description="inbound number -> application id; '*' is the default"
@@ -48,6 +47,7 @@ class Config(_Strict):
     agents: AgentsConfig = AgentsConfig()
     connect_applets: dict[str, ConnectAppletConfig] = Field(
         default_factory=dict, description="inbound number -> Exotel Connect applet")
+    cluster: ClusterConfig = ClusterConfig()
 
     def model_post_init(self, __context: Any) -> None:
         ids = [a.id for a in self.applications]
@@ -65,8 +65,18 @@ class Config(_Strict):
             if applet.application not in ids:
                 raise ValueError(f"connect_applets.{number}.application: unknown application "
                                  f"{applet.application!r}")
+        if self.cluster.enabled:
+            # Every bridge of a cluster must see the others' calls and agents.
+            if self.store.backend != "redis":
+                raise ValueError("cluster.enabled: needs store.backend: redis (the call store "
+                                 "is shared)")
+            if self.agents.backend != "redis":
+                raise ValueError("cluster.enabled: needs agents.backend: redis (agent leases "
+                                 "are shared)")
 
     def stasis_app(self, slot: int) -> str:
+        """The Stasis application of ``slot``: ``<ari.app>-<slot>`` in a cluster, else
+        ``ari.app`` (the slot is ignored)."""
         return f"{self.ari.app}-{slot}" if self.cluster.enabled else self.ari.app
 
     def application(self, app_id: str) -> ApplicationConfig | None:

@@ -4,6 +4,7 @@ frozen; :class:`bridge.config.root.Config` holds them all."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +37,31 @@ def _http_url(value: str) -> str:
     return value
 
 
+#: Names of Asterisk nodes and bridge instances: used in Redis keys, logs and metrics labels.
+NODE_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class AriNodeConfig(_Strict):
+    """One Asterisk of several (``ari.nodes``): its own address and credentials; every other
+    ARI setting is shared (taken from ``ari``)."""
+
+    name: str = Field(pattern=NODE_NAME_PATTERN,
+                      description="the node's name in logs and in the call store")
+    url: str = Field(description="the node's ARI base URL, http(s)://host:port")
+    username: str = Field("ari-bridge", description="the node's ari.conf user")
+    password: SecretStr = Field(
+        description="prefer the environment: ARI_BRIDGE_ARI__NODES__<NAME>__PASSWORD")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+
 class AriConfig(_Strict):
-    name: str = "asterisk"
+    name: str = Field(
+        "asterisk", pattern=NODE_NAME_PATTERN,
+        description="the name of the single Asterisk node when nodes is empty")
     url: str = "http://127.0.0.1:8088"
     username: str = "ari-bridge"
     password: SecretStr = SecretStr("")
@@ -57,14 +81,33 @@ class AriConfig(_Strict):
         "auto", description="how REST requests reach Asterisk: on the event websocket (Asterisk "
                             "22.5, 21.10, 20.15 and later), over HTTP, or 'auto' (the websocket "
                             "when this Asterisk's version supports it)")
-
-    def node_configs(self) -> list[AriConfig]:  # stand-in
-        return [self]
+    nodes: list[AriNodeConfig] = Field(
+        default_factory=list,
+        description="several Asterisk nodes, each connected with the settings above and its "
+                    "own name, url, username and password; empty: the one node at url")
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_nodes(cls, value: list[AriNodeConfig]) -> list[AriNodeConfig]:
+        names = [n.name for n in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate node name {dupes[0]!r}")
+        return value
+
+    def node_configs(self) -> list[AriConfig]:
+        """One ARI configuration per Asterisk node: ``[self]`` without ``nodes``; else each
+        node's name, url and credentials over the shared settings."""
+        if not self.nodes:
+            return [self]
+        return [self.model_copy(update={"name": n.name, "url": n.url, "username": n.username,
+                                        "password": n.password, "nodes": []})
+                for n in self.nodes]
 
 
 class HttpConfig(_Strict):
@@ -136,7 +179,62 @@ class RouteConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    path: Path = Path("/var/lib/ari-bridge/calls.sqlite3")
+    """The call store: live calls and the event outbox."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="sqlite: one embedded file; redis: shared by the bridges of a "
+                              "cluster")
+    path: Path = Field(Path("/var/lib/ari-bridge/calls.sqlite3"),
+                       description="SQLite file of the sqlite backend")
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db (or rediss://) for the redis backend")
+    redis_prefix: str = Field("ari-bridge:", description="prefix of every Redis key")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in ("redis", "rediss"):
+            raise ValueError(f"must be a redis:// or rediss:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> StoreConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("store.redis_url: required for store.backend: redis")
+        return self
+
+
+class ClusterConfig(_Strict):
+    """Several bridges sharing calls through Redis (see bridge/cluster).
+
+    Calls are spread by slots: the dialplan tries the Stasis applications ``<ari.app>-1`` ..
+    ``<ari.app>-<slots>``; each bridge holds one slot (a Redis key renewed every
+    ``heartbeat_s``) and a survivor adopts the slot of a bridge silent for ``dead_after_s``.
+    """
+
+    enabled: bool = Field(False, description="run as one bridge of a cluster")
+    slots: int = Field(4, ge=1, le=64,
+                       description="Stasis applications <ari.app>-1 .. <ari.app>-<slots>; at "
+                                   "least the number of bridges")
+    heartbeat_s: float = Field(1.0, gt=0,
+                               description="seconds between renewals of this bridge's slot")
+    dead_after_s: float = Field(
+        3.0, gt=0, description="seconds without renewal after which a slot is free for a "
+                               "survivor (at least 2 * heartbeat_s)")
+    instance_id: str | None = Field(
+        None, pattern=NODE_NAME_PATTERN,
+        description="this bridge's name in the cluster; default: <hostname>-<pid>")
+
+    @model_validator(mode="after")
+    def _dead_after_heartbeats(self) -> ClusterConfig:
+        if self.dead_after_s < 2 * self.heartbeat_s:
+            raise ValueError(f"cluster.dead_after_s ({self.dead_after_s}) must be at least "
+                             f"2 * cluster.heartbeat_s ({2 * self.heartbeat_s})")
+        return self
+
+    def instance(self) -> str:
+        """This bridge's id: ``instance_id``, else ``<hostname>-<pid>``."""
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class MediaConfig(_Strict):
@@ -392,11 +490,3 @@ class ConsoleConfig(_Strict):
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = Field(False, alias="json")
-
-
-class ClusterConfig(_Strict):
-    enabled: bool = False
-    slots: int = 4
-    heartbeat_s: float = 1.0
-    dead_after_s: float = 3.0
-    instance_id: str | None = None

@@ -13,7 +13,7 @@ The layers, top to bottom (a module may import from its own layer and the ones b
     ncco.actions | exotel
     ncco (models, context, replies, the WebSocket leg)
     media | dial
-    ari | webhooks | agents
+    ari | webhooks | agents | cluster
     config, logging, metrics
 """
 
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bridge.ncco.actions", "bridge.exotel"),
     ("bridge.ncco",),
     ("bridge.media", "bridge.dial"),
-    ("bridge.ari", "bridge.webhooks", "bridge.agents"),
+    ("bridge.ari", "bridge.webhooks", "bridge.agents", "bridge.cluster"),
     ("bridge.config", "bridge.logging", "bridge.metrics", "bridge"),
 ]
 

@@ -1,6 +1,6 @@
-"""The durable event outbox against real HTTP servers on 127.0.0.1 and a real SQLite file:
-order per call, backoff bounds, retention, final 4xx answers, restarts, and the atomic
-``completed``."""
+"""The durable event outbox against real HTTP servers on 127.0.0.1 and a real call store (an
+SQLite file, and a real redis-server): order per call, backoff bounds, retention, final 4xx
+answers, restarts, and the atomic ``completed``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from bridge.calls.store import CallRecord, CallStore
+from bridge.agents.redis_server import RedisServer
+from bridge.calls.redis_store import RedisCallStore
+from bridge.calls.store import CallRecord, CallStorage, CallStore
 from bridge.config import ApplicationConfig
 from bridge.webhooks import WebhookClient, WebhookRequest, WebhookResponse
 from bridge.webhooks.outbox import EventOutbox, backoff_delay, classify
@@ -94,8 +96,43 @@ async def client() -> AsyncIterator[WebhookClient]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+_prefixes = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request: pytest.FixtureRequest,
+               tmp_path: Path) -> Iterator[Callable[[], CallStorage]]:
+    """Opens the same store again each time it is called, as a restarted bridge does."""
+    opened: list[CallStorage] = []
+    if request.param == "sqlite":
+        def make() -> CallStorage:
+            opened.append(CallStore(tmp_path / "calls.sqlite3"))
+            return opened[-1]
+    else:
+        server = request.getfixturevalue("redis_server")
+        prefix = f"t{next(_prefixes)}:"
+
+        def make() -> CallStorage:
+            opened.append(RedisCallStore(server.url, prefix))
+            return opened[-1]
+    yield make
+    for s in opened:
+        s.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[CallStore]:
+def store(open_store: Callable[[], CallStorage]) -> CallStorage:
+    return open_store()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[CallStore]:
     s = CallStore(tmp_path / "calls.sqlite3")
     yield s
     s.close()
@@ -115,7 +152,7 @@ def application(receiver: Receiver, **extra: Any) -> ApplicationConfig:
         "timeouts": {"connect_ms": 300, "event_read_ms": 2000}, **extra})
 
 
-def outbox(store: CallStore, client: WebhookClient, app: ApplicationConfig,
+def outbox(store: CallStorage, client: WebhookClient, app: ApplicationConfig,
            **options: Any) -> EventOutbox:
     settings: dict[str, Any] = {"retry_base_s": 0.02, "retry_cap_s": 0.1, **options}
     return EventOutbox(store, client, lambda app_id: app if app_id == app.id else None,
@@ -138,7 +175,7 @@ def record(uuid: str) -> CallRecord:
 
 # ------------------------------------------------------------------------------ order
 async def test_events_of_a_call_go_out_in_order_and_calls_in_parallel(
-        receiver: Receiver, client: WebhookClient, store: CallStore) -> None:
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
     app = application(receiver)
     receiver.gates["/slow"] = gate = asyncio.Event()
     events = outbox(store, client, app)
@@ -161,7 +198,7 @@ async def test_events_of_a_call_go_out_in_order_and_calls_in_parallel(
 
 
 async def test_a_failing_event_holds_back_the_next_of_its_call_until_delivered(
-        receiver: Receiver, client: WebhookClient, store: CallStore) -> None:
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
     app = application(receiver)
     receiver.statuses["/event"] = 503
     events = outbox(store, client, app)
@@ -198,7 +235,7 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
 
 
 async def test_failed_attempts_are_rescheduled_within_the_backoff_bounds(
-        client: WebhookClient, store: CallStore, receiver: Receiver) -> None:
+        client: WebhookClient, store: CallStorage, receiver: Receiver) -> None:
     app = application(receiver)
     bounds: list[tuple[float, float]] = []
 
@@ -220,7 +257,7 @@ async def test_failed_attempts_are_rescheduled_within_the_backoff_bounds(
 
 # -------------------------------------------------------------------------- retention
 async def test_an_event_past_its_retention_is_dropped_with_an_error_and_the_metric(
-        receiver: Receiver, client: WebhookClient, store: CallStore) -> None:
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
     app = application(receiver)
     dropped_before = REGISTRY.get_sample_value("ari_bridge_outbox_dropped_total") or 0.0
     events = outbox(store, client, app, retention_s=0.5)
@@ -243,7 +280,7 @@ async def test_an_event_past_its_retention_is_dropped_with_an_error_and_the_metr
 
 # ------------------------------------------------------------------ final 4xx answers
 async def test_a_4xx_is_final_but_429_is_tried_again(
-        receiver: Receiver, client: WebhookClient, store: CallStore) -> None:
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
     app = application(receiver)
     receiver.statuses["/gone"] = 404
     receiver.statuses["/busy"] = 429
@@ -289,7 +326,7 @@ def test_classify_outcomes() -> None:
 
 # --------------------------------------------------------- fallback, signing, passthru
 async def test_the_fallback_url_signing_and_plain_events(
-        receiver: Receiver, client: WebhookClient, store: CallStore) -> None:
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
     app = application(receiver, fallback_answer_url=receiver.url("/fallback"),
                       signature_secret=SECRET)
     events = outbox(store, client, app)
@@ -312,7 +349,7 @@ async def test_the_fallback_url_signing_and_plain_events(
 
 
 async def test_post_never_raises_and_stores_a_copy(
-        receiver: Receiver, client: WebhookClient, store: CallStore) -> None:
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
     app = application(receiver)
     events = outbox(store, client, app)
     with structlog.testing.capture_logs() as logs:
@@ -334,11 +371,11 @@ async def test_post_never_raises_and_stores_a_copy(
 
 # ------------------------------------------------------------------------- restarts
 async def test_a_restarted_outbox_delivers_what_the_previous_process_left_in_order(
-        receiver: Receiver, client: WebhookClient, tmp_path: Path) -> None:
+        receiver: Receiver, client: WebhookClient,
+        open_store: Callable[[], CallStorage]) -> None:
     app = application(receiver)
-    path = tmp_path / "calls.sqlite3"
     receiver.statuses["/event"] = 503
-    first_store = CallStore(path)
+    first_store = open_store()
     first = outbox(first_store, client, app, retry_base_s=5.0, retry_cap_s=5.0)
     await first.start()
     for call in ("call-a", "call-b"):
@@ -349,7 +386,7 @@ async def test_a_restarted_outbox_delivers_what_the_previous_process_left_in_ord
     first_store.close()
 
     receiver.statuses["/event"] = 200
-    second_store = CallStore(path)  # the same file, as a restarted bridge opens it
+    second_store = open_store()  # the same store, as a restarted bridge opens it
     second = outbox(second_store, client, app)
     assert second.backlog() == 8
     try:
@@ -366,7 +403,7 @@ async def test_a_restarted_outbox_delivers_what_the_previous_process_left_in_ord
 
 
 async def test_flush_is_bounded_and_returns_what_remains(
-        client: WebhookClient, store: CallStore, receiver: Receiver) -> None:
+        client: WebhookClient, store: CallStorage, receiver: Receiver) -> None:
     app = application(receiver)
     events = outbox(store, client, app)
     assert await events.flush(0.1) == 0  # not started, nothing pending
@@ -382,7 +419,7 @@ async def test_flush_is_bounded_and_returns_what_remains(
 
 # ---------------------------------------------------------------------------- metrics
 async def test_backlog_and_oldest_age_metrics(
-        client: WebhookClient, store: CallStore, receiver: Receiver) -> None:
+        client: WebhookClient, store: CallStorage, receiver: Receiver) -> None:
     app = application(receiver)
     now = [1000.0]
     events = outbox(store, client, app, clock=lambda: now[0], retry_base_s=60.0,
@@ -406,7 +443,7 @@ async def test_backlog_and_oldest_age_metrics(
 
 # --------------------------------------------------------- completed, atomically
 def test_completed_is_written_with_the_deletion_of_the_live_call(
-        store: CallStore, receiver: Receiver) -> None:
+        store: CallStorage, receiver: Receiver) -> None:
     app = application(receiver)
     events = EventOutbox(store, WebhookClient(), lambda _: app)
     store.save(record("call-a"))
@@ -416,6 +453,17 @@ def test_completed_is_written_with_the_deletion_of_the_live_call(
     assert [r.uuid for r in store.all()] == ["call-b"]
     assert [(e.call_uuid, e.payload) for e in store.outbox_events()] == [
         ("call-a", {"status": "completed"})]
+
+
+def test_completed_is_not_written_when_the_deletion_fails(
+        sqlite_store: CallStore, receiver: Receiver) -> None:
+    store = sqlite_store
+    app = application(receiver)
+    events = EventOutbox(store, WebhookClient(), lambda _: app)
+    store.save(record("call-a"))
+    store.save(record("call-b"))
+    assert events.post("call-a", app, receiver.url("/event"), "POST",
+                       {"status": "completed"}, ends_call=True)
 
     # When the deletion fails, the event is not written either (one transaction).
     raw = sqlite3.connect(store.path)
@@ -450,7 +498,9 @@ def test_a_store_file_from_before_gets_the_new_columns(tmp_path: Path) -> None:
     try:
         [legacy] = store.all()
         assert legacy.uuid == "u1" and legacy.event_url is None and legacy.url_overrides() == {}
+        assert (legacy.node, legacy.slot) == ("", 0)
         own = record("u2")
+        own.node, own.slot = "ast-b", 3
         own.event_url, own.event_method = "http://own.example/ev", "GET"
         own.answer_url, own.answer_method = "http://own.example/an", "POST"
         store.save(own)
@@ -458,7 +508,8 @@ def test_a_store_file_from_before_gets_the_new_columns(tmp_path: Path) -> None:
         store.close()
     reopened = CallStore(path)  # opening again migrates nothing twice
     try:
-        [kept] = [r for r in reopened.all() if r.uuid == "u2"]
+        [kept] = reopened.all(slot=3)
+        assert (kept.uuid, kept.node) == ("u2", "ast-b")
         assert kept.url_overrides() == {
             "event_url": "http://own.example/ev", "event_method": "GET",
             "answer_url": "http://own.example/an", "answer_method": "POST"}
