@@ -23,7 +23,7 @@ from bridge.ari.errors import AriError, ChannelGone
 from bridge.ari.waits import Event, EventWaits, Predicate, Waiter
 from bridge.calls.answers import ask_for_ncco, fetch_answer_ncco
 from bridge.calls.outbound import OutboundCall, dial_out
-from bridge.calls.store import CallRecord, CallStore
+from bridge.calls.store import CallRecord, CallStorage
 from bridge.config import ApplicationConfig
 from bridge.dial.dialer import Leg
 from bridge.ncco.actions._playback import stop_leftover_playbacks
@@ -54,7 +54,7 @@ class CallSession:
     def __init__(
         self,
         services: CallServices,
-        store: CallStore,
+        store: CallStorage,
         record: CallRecord,
         app: ApplicationConfig,
         runners: Mapping[str, Runner],

@@ -63,7 +63,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LabInfo]]:
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test, keeping its data on disk (so a restart keeps it)."""
-    server = RedisServer(data_dir=tmp_path / "redis").start()
+    server = RedisServer(data_dir=tmp_path / "redis", appendonly=True).start()
     try:
         yield server
     finally:
