@@ -87,6 +87,8 @@ def _lab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=["testing", "sid"], default="testing")
     parser.add_argument("--engine", choices=["rootfs", "docker"], default="rootfs")
     parser.add_argument("--cache-dir", type=Path, default=Path("/var/cache/ari-bridge"))
+    parser.add_argument("--slots", type=int, default=0,
+                        help="cluster slots: spread calls over the applications APP-1..APP-N")
 
 
 def _lab_opts(args: argparse.Namespace) -> Any:
@@ -95,7 +97,7 @@ def _lab_opts(args: argparse.Namespace) -> Any:
     return LabOptions(
         state_dir=args.state_dir, ari_port=args.ari_port, sip_port=args.sip_port,
         rtp_start=args.rtp_start, rtp_end=args.rtp_end, suite=args.suite,
-        engine=args.engine, cache_dir=args.cache_dir,
+        engine=args.engine, cache_dir=args.cache_dir, slots=args.slots,
     )
 
 

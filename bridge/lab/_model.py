@@ -59,6 +59,9 @@ class LabOptions:
     cache_dir: Path = Path("/var/cache/ari-bridge")
     #: Stasis application name written to extensions.conf [globals] ARI_APP.
     app_name: str = "ari-bridge"
+    #: Cluster slots written to extensions.conf [globals] ARI_SLOTS: 0 hands calls to
+    #: ``app_name``; N > 0 spreads them over ``app_name-1`` .. ``app_name-N``.
+    slots: int = 0
     #: "rootfs" (debootstrap tree + chroot) or "docker" (Docker engine).
     engine: str = "rootfs"
     #: asterisk-config source; default: $ARI_BRIDGE_ASTERISK_CONFIG, else

@@ -232,6 +232,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
             rtp_end=opts.rtp_end,
             ari_password=password,
             app_name=opts.app_name,
+            slots=opts.slots,
         ),
     )
     ari_url = f"http://127.0.0.1:{opts.ari_port}"

@@ -322,6 +322,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
             rtp_end=opts.rtp_end,
             ari_password=password,
             app_name=opts.app_name,
+            slots=opts.slots,
             instance_dir=inner,
         ),
     )

@@ -100,7 +100,8 @@ def test_entrypoint_sets_password_and_app(tmp_path: Path) -> None:
             "sh",
             "-c",
             func.group(0) + '\nset_key "$1/ari.conf" ari-bridge password "$2"'
-            '\nset_key "$1/extensions.conf" globals ARI_APP other-app',
+            '\nset_key "$1/extensions.conf" globals ARI_APP other-app'
+            '\nset_key "$1/extensions.conf" globals ARI_SLOTS 4',
             "sh",
             str(tmp_path),
             password,
@@ -110,7 +111,9 @@ def test_entrypoint_sets_password_and_app(tmp_path: Path) -> None:
     ari = (tmp_path / "ari.conf").read_text()
     assert f"\npassword = {password}\n" in ari
     assert "change-me" not in ari
-    assert "\nARI_APP = other-app\n" in (tmp_path / "extensions.conf").read_text()
+    extensions = (tmp_path / "extensions.conf").read_text()
+    assert "\nARI_APP = other-app\n" in extensions
+    assert "\nARI_SLOTS = 4\n" in extensions
 
 
 def _healthcheck(dockerfile: Path) -> str:
