@@ -244,7 +244,9 @@ def _lab(args: argparse.Namespace) -> int:
 def _print_lab(info: Any) -> None:
     where = (f"container {info.container_id[:12]}" if info.container_id else f"pid {info.pid}")
     print(f"lab is up: Asterisk {info.asterisk_version} (engine {info.engine}, {where})")
-    print(f"  ARI:         {info.ari_url}  app {info.app_name}")
+    apps = (f"apps {info.app_name}-1..{info.slots} (slots)" if info.slots
+            else f"app {info.app_name}")
+    print(f"  ARI:         {info.ari_url}  {apps}")
     print(f"  credentials: {info.credentials_file}")
     print(f"  SIP (UDP):   {info.sip_host}:{info.sip_port}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.lab import LabInfo, LabOptions, asterisk_cli, lab_down, lab_up
+from bridge.lab import LabError, LabInfo, LabOptions, asterisk_cli, lab_down, lab_up
 from bridge.lab.sipp import SippResult, free_port, place_call
 
 pytestmark = pytest.mark.integration
@@ -163,8 +164,12 @@ def _args_by_number(*slots: Slot) -> dict[str, list[list[str]]]:
 
 
 def test_the_lab_renders_the_slots(slots_lab: tuple[LabOptions, LabInfo]) -> None:
-    opts, _ = slots_lab
+    opts, info = slots_lab
+    assert info.slots == SLOTS
     assert f"ARI_SLOTS={SLOTS}" in asterisk_cli(opts, "dialplan show globals")
+    # The running lab's dialplan cannot change: asking it for other slots is an error.
+    with pytest.raises(LabError, match="slot"):
+        lab_up(dataclasses.replace(opts, slots=0))
     inbound = asterisk_cli(opts, "dialplan show ari-bridge-inbound")
     for label in ("[slots]", "[try]", "[next]", "[unavailable]"):
         assert label in inbound
