@@ -1,6 +1,7 @@
 """The cluster dialplan on a real Asterisk: with ARI_SLOTS=2 inbound calls go to the Stasis
-applications ``ari-bridge-1`` and ``ari-bridge-2``, to whichever is connected, and a slot that
-sends a call on (ARI ``continue`` to the label ``next``) passes it to the other slot.
+applications ``ari-bridge-1`` and ``ari-bridge-2``, to whichever is connected, a slot that
+sends a call on (ARI ``continue`` to the label ``next``) passes it to the other slot, and
+answering-machine detection returns a leg to the application named in ``ARI_BRIDGE_APP``.
 
 No bridge runs here: each slot is a raw ARI websocket of this test, which records every
 StasisStart and then hangs the channel up (busy, so the caller sees 486) or sends it on.
@@ -60,8 +61,11 @@ class Slot:
 
     lab: LabInfo
     app: str
-    #: Send every call on to the next slot instead of taking it.
+    #: Send every inbound call on to the next slot instead of taking it.
     refuse: bool = False
+    #: Answer every inbound call and send it to answering-machine detection, naming this
+    #: application in ARI_BRIDGE_APP ("": not set) as the one to return to.
+    amd_return_to: str | None = None
     #: (channel id, Stasis args) of every StasisStart received.
     starts: list[tuple[str, list[str]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -73,12 +77,22 @@ class Slot:
         channel = event["channel"]
         self.starts.append((channel["id"], list(event.get("args", []))))
         base = f"{self.lab.ari_url}/ari/channels/{channel['id']}"
-        if self.refuse:
+        inbound = event.get("args", [""])[0] == "inbound"
+        if self.refuse and inbound:
             number = channel["dialplan"]["exten"]
-            request = http.post(f"{base}/continue", params={
-                "context": "ari-bridge-inbound", "extension": number, "label": "next"})
+            await self._request(http.post(f"{base}/continue", params={
+                "context": "ari-bridge-inbound", "extension": number, "label": "next"}))
+        elif self.amd_return_to is not None and inbound:
+            await self._request(http.post(f"{base}/answer"))
+            if self.amd_return_to:
+                await self._request(http.post(f"{base}/variable", params={
+                    "variable": "ARI_BRIDGE_APP", "value": self.amd_return_to}))
+            await self._request(http.post(f"{base}/continue", params={
+                "context": "ari-bridge-amd", "extension": "s", "priority": "1"}))
         else:
-            request = http.delete(base, params={"reason": "busy"})
+            await self._request(http.delete(base, params={"reason": "busy"}))
+
+    async def _request(self, request: Any) -> None:
         async with request as resp:
             if resp.status not in (200, 204):
                 self.errors.append(f"{self.app}: {resp.method} {resp.url.path}: {resp.status}")
@@ -104,10 +118,10 @@ async def _registered(http: aiohttp.ClientSession, lab: LabInfo) -> set[str]:
 
 
 async def _wait_registered(http: aiohttp.ClientSession, lab: LabInfo, want: set[str]) -> None:
-    """Until exactly ``want`` of the slots' applications are registered in Asterisk."""
-    slot_apps = {f"{lab.app_name}-{k}" for k in range(1, SLOTS + 1)}
+    """Until exactly ``want`` of this test's applications are registered in Asterisk."""
+    ours = {lab.app_name, *(f"{lab.app_name}-{k}" for k in range(1, SLOTS + 1))}
     for _ in range(200):
-        if await _registered(http, lab) & slot_apps == want:
+        if await _registered(http, lab) & ours == want:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"registered: {await _registered(http, lab)}, wanted {want}")
@@ -235,3 +249,32 @@ async def test_a_call_every_slot_refuses_ends_with_503(
         await _calls(lab, ["15556000000"], expect_status=503)
     # The try counter ends the round after one visit to each slot.
     assert len(one.starts) == len(two.starts) == 1
+
+
+async def test_amd_returns_the_leg_to_the_application_that_sent_it(
+    slots_lab: tuple[LabOptions, LabInfo],
+) -> None:
+    _, lab = slots_lab
+    # Slot 2 sends its calls to AMD naming slot 1 as the way back; the single application
+    # (ARI_APP) is connected too, and must not see them.
+    one = Slot(lab, f"{lab.app_name}-1", refuse=True)  # inbound calls all end up on slot 2
+    two = Slot(lab, f"{lab.app_name}-2", amd_return_to=f"{lab.app_name}-1")
+    single = Slot(lab, lab.app_name)
+    async with connected(lab, one, two, single):
+        await _calls(lab, ["15557000000"], expect_status=200)
+    amd = [args for _, args in one.starts if args[0] == "amd"]
+    assert len(amd) == 1 and len(amd[0]) == 3, one.starts
+    assert not single.starts
+
+
+async def test_amd_without_a_named_application_returns_to_ari_app(
+    slots_lab: tuple[LabOptions, LabInfo],
+) -> None:
+    _, lab = slots_lab
+    one = Slot(lab, f"{lab.app_name}-1", refuse=True)
+    two = Slot(lab, f"{lab.app_name}-2", amd_return_to="")
+    single = Slot(lab, lab.app_name)
+    async with connected(lab, one, two, single):
+        await _calls(lab, ["15558000000"], expect_status=200)
+    assert [args[0] for _, args in single.starts] == ["amd"]
+    assert len(single.starts[0][1]) == 3
