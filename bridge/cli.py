@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the local Asterisk 22 lab")
     lab.add_argument("action", choices=["up", "down", "status"])
     _lab_options(lab)
+    # Not for demo: its single bridge serves the one application, never slots.
+    lab.add_argument("--slots", type=int, default=0,
+                     help="cluster slots: spread calls over the applications APP-1..APP-N")
     lab.set_defaults(handler=_lab)
 
     demo = sub.add_parser(
@@ -87,8 +90,6 @@ def _lab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=["testing", "sid"], default="testing")
     parser.add_argument("--engine", choices=["rootfs", "docker"], default="rootfs")
     parser.add_argument("--cache-dir", type=Path, default=Path("/var/cache/ari-bridge"))
-    parser.add_argument("--slots", type=int, default=0,
-                        help="cluster slots: spread calls over the applications APP-1..APP-N")
 
 
 def _lab_opts(args: argparse.Namespace) -> Any:
@@ -97,7 +98,7 @@ def _lab_opts(args: argparse.Namespace) -> Any:
     return LabOptions(
         state_dir=args.state_dir, ari_port=args.ari_port, sip_port=args.sip_port,
         rtp_start=args.rtp_start, rtp_end=args.rtp_end, suite=args.suite,
-        engine=args.engine, cache_dir=args.cache_dir, slots=args.slots,
+        engine=args.engine, cache_dir=args.cache_dir, slots=getattr(args, "slots", 0),
     )
 
 

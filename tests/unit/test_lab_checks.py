@@ -245,3 +245,4 @@ def test_lab_command_passes_slots_to_the_lab() -> None:
     args = _parser().parse_args(["lab", "up", "--slots", "4", "--state-dir", "/tmp/x"])
     assert _lab_opts(args).slots == 4
     assert _lab_opts(_parser().parse_args(["lab", "up"])).slots == 0
+    assert _lab_opts(_parser().parse_args(["demo"])).slots == 0
