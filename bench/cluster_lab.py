@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(part["pid"] for part in report.values()) else 3
     except (LabError, RuntimeError) as exc:
         print(f"cluster_lab: {exc}", file=sys.stderr)
+        if args.action == "up":
+            print(f"what did start keeps running: {sys.argv[0]} status|down --state "
+                  f"{args.state}", file=sys.stderr)
         return 1
     return 0
 
