@@ -237,6 +237,9 @@ async def test_no_slot_connected_is_503(slots_lab: tuple[LabOptions, LabInfo]) -
         await _wait_registered(http, lab, set())
     results = await _calls(lab, ["15555000000"], expect_status=503)
     assert results[0].statuses[-1] == 503
+    assert lab.log_file is not None
+    assert (f"ARI application {lab.app_name}-1..{SLOTS} is not connected or is draining: "
+            "call to 15555000000 rejected with 503") in lab.log_file.read_text()
 
 
 async def test_a_call_every_slot_refuses_ends_with_503(
