@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the local Asterisk 22 lab")
     lab.add_argument("action", choices=["up", "down", "status"])
     _lab_options(lab)
+    # Not for demo: its single bridge serves the one application, never slots.
+    lab.add_argument("--slots", type=int, default=0,
+                     help="cluster slots: spread calls over the applications APP-1..APP-N")
     lab.set_defaults(handler=_lab)
 
     demo = sub.add_parser(
@@ -95,7 +98,7 @@ def _lab_opts(args: argparse.Namespace) -> Any:
     return LabOptions(
         state_dir=args.state_dir, ari_port=args.ari_port, sip_port=args.sip_port,
         rtp_start=args.rtp_start, rtp_end=args.rtp_end, suite=args.suite,
-        engine=args.engine, cache_dir=args.cache_dir,
+        engine=args.engine, cache_dir=args.cache_dir, slots=getattr(args, "slots", 0),
     )
 
 
@@ -242,7 +245,9 @@ def _lab(args: argparse.Namespace) -> int:
 def _print_lab(info: Any) -> None:
     where = (f"container {info.container_id[:12]}" if info.container_id else f"pid {info.pid}")
     print(f"lab is up: Asterisk {info.asterisk_version} (engine {info.engine}, {where})")
-    print(f"  ARI:         {info.ari_url}  app {info.app_name}")
+    apps = (f"apps {info.app_name}-1..{info.slots} (slots)" if info.slots
+            else f"app {info.app_name}")
+    print(f"  ARI:         {info.ari_url}  {apps}")
     print(f"  credentials: {info.credentials_file}")
     print(f"  SIP (UDP):   {info.sip_host}:{info.sip_port}")
 

@@ -5,7 +5,7 @@
 #    (baked into the image; compose mounts ../asterisk-config there so edits
 #    apply on restart) into /etc/asterisk.
 # 2. Sets the ARI password from ARI_PASSWORD (and the Stasis application name
-#    from ARI_APP, the ARI bind address and port from ARI_BIND_ADDRESS and ARI_PORT,
+#    from ARI_APP, the number of cluster slots from ARI_SLOTS, the ARI bind address and port from ARI_BIND_ADDRESS and ARI_PORT,
 #    the SIP UDP transport's address:port from SIP_BIND, the RTP port range from
 #    RTP_START and RTP_END) when given.
 # 3. Runs the command (Asterisk in the foreground).
@@ -40,6 +40,9 @@ elif grep -q '^password = change-me$' "$etc/ari.conf"; then
 fi
 if [ -n "${ARI_APP:-}" ]; then
     set_key "$etc/extensions.conf" globals ARI_APP "$ARI_APP"
+fi
+if [ -n "${ARI_SLOTS:-}" ]; then
+    set_key "$etc/extensions.conf" globals ARI_SLOTS "$ARI_SLOTS"
 fi
 if [ -n "${ARI_BIND_ADDRESS:-}" ]; then
     set_key "$etc/http.conf" general bindaddr "$ARI_BIND_ADDRESS"

@@ -59,6 +59,9 @@ class LabOptions:
     cache_dir: Path = Path("/var/cache/ari-bridge")
     #: Stasis application name written to extensions.conf [globals] ARI_APP.
     app_name: str = "ari-bridge"
+    #: Cluster slots written to extensions.conf [globals] ARI_SLOTS: 0 hands calls to
+    #: ``app_name``; N > 0 spreads them over ``app_name-1`` .. ``app_name-N``.
+    slots: int = 0
     #: "rootfs" (debootstrap tree + chroot) or "docker" (Docker engine).
     engine: str = "rootfs"
     #: asterisk-config source; default: $ARI_BRIDGE_ASTERISK_CONFIG, else
@@ -86,6 +89,8 @@ class LabInfo:
     #: e.g. "22.10.1+dfsg+~cs6.17.60671434-1"
     asterisk_version: str
     app_name: str = "ari-bridge"
+    #: Cluster slots of the dialplan (``LabOptions.slots``).
+    slots: int = 0
     #: Asterisk's stdout/stderr (rootfs engine) or None.
     log_file: Path | None = None
     #: Container id (docker engine) or None.
@@ -192,6 +197,7 @@ def info_from_state(data: dict[str, Any], password: str) -> LabInfo:
         engine=str(data["engine"]),
         asterisk_version=str(data["asterisk_version"]),
         app_name=str(data.get("app_name", "ari-bridge")),
+        slots=int(data.get("slots", 0)),
         log_file=Path(log_file) if log_file else None,
         container_id=data.get("container_id"),
     )
@@ -260,6 +266,17 @@ def wait_for_ari(
             return str(body.get("system", {}).get("version", "unknown"))
         time.sleep(0.2)
     raise on_failure(f"ARI at {ari_url} did not answer 200 within {deadline_s:.0f} s ({last})")
+
+
+def check_same_slots(existing: LabInfo, opts: LabOptions) -> LabInfo:
+    """``existing`` when it runs the dialplan ``opts`` asks for; LabError otherwise (the
+    dialplan is rendered at start, so a running lab cannot change its slots)."""
+    if existing.slots != opts.slots:
+        raise LabError(
+            f"a lab already runs for {opts.state_dir} with {existing.slots} slot(s), not "
+            f"{opts.slots}: take it down first"
+        )
+    return existing
 
 
 def tail(path: Path, lines: int = 25) -> str:

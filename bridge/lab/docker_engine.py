@@ -28,6 +28,7 @@ from bridge.lab._model import (
     LabInfo,
     LabOptions,
     check_ports_free,
+    check_same_slots,
     info_from_state,
     instance_id,
     load_state,
@@ -209,7 +210,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     c = client()
     existing = status(opts)
     if existing is not None:
-        return existing
+        return check_same_slots(existing, opts)
     check_ports_free(opts)
     repo = config_dir.resolve().parent
     if not (repo / DOCKERFILE).is_file():
@@ -232,6 +233,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
             rtp_end=opts.rtp_end,
             ari_password=password,
             app_name=opts.app_name,
+            slots=opts.slots,
         ),
     )
     ari_url = f"http://127.0.0.1:{opts.ari_port}"
@@ -275,6 +277,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
         engine="docker",
         asterisk_version=version,
         app_name=opts.app_name,
+        slots=opts.slots,
         container_id=str(container.id),
     )
     save_state(state_dir, info, {"container_name": name, "started_at": time.time()})

@@ -2,8 +2,9 @@
 
 The shipped files stay plain, valid Asterisk configuration. A lab instance
 copies them and overrides only a fixed, explicit set of keys (ports, bind
-addresses, the ARI password, the Stasis application name, the RTP range and
-the per-instance directories); every other line is copied byte for byte.
+addresses, the ARI password, the Stasis application name, the number of
+cluster slots, the RTP range and the per-instance directories); every other
+line is copied byte for byte.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def lab_overrides(
     rtp_end: int,
     ari_password: str,
     app_name: str,
+    slots: int = 0,
     bind_address: str = "127.0.0.1",
     instance_dir: str | None = None,
 ) -> Overrides:
@@ -127,14 +129,17 @@ def lab_overrides(
 
     ``instance_dir`` is the instance directory as seen by Asterisk (inside
     the root filesystem); when given, the per-instance directories of
-    :data:`INSTANCE_DIR_KEYS` are pointed below it.
+    :data:`INSTANCE_DIR_KEYS` are pointed below it. ``slots`` > 0 makes the
+    dialplan spread calls over the applications ``<app_name>-1`` .. ``-<slots>``.
     """
+    if slots < 0:
+        raise ValueError(f"slots must be 0 or more, not {slots}")
     overrides: Overrides = {
         "http.conf": {"general": {"bindaddr": bind_address, "bindport": str(ari_port)}},
         "ari.conf": {ARI_USERNAME: {"password_format": "plain", "password": ari_password}},
         "pjsip.conf": {"transport-udp": {"bind": f"{bind_address}:{sip_port}"}},
         "rtp.conf": {"general": {"rtpstart": str(rtp_start), "rtpend": str(rtp_end)}},
-        "extensions.conf": {"globals": {"ARI_APP": app_name}},
+        "extensions.conf": {"globals": {"ARI_APP": app_name, "ARI_SLOTS": str(slots)}},
     }
     if instance_dir is not None:
         base = instance_dir.rstrip("/")

@@ -29,6 +29,7 @@ from bridge.lab._model import (
     LabInfo,
     LabOptions,
     check_ports_free,
+    check_same_slots,
     info_from_state,
     instance_id,
     load_state,
@@ -288,7 +289,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
     existing = status(opts)
     if existing is not None:
         if existing.ari_url.endswith(f":{opts.ari_port}") and existing.sip_port == opts.sip_port:
-            return existing
+            return check_same_slots(existing, opts)
         raise LabError(
             f"a lab already runs for {opts.state_dir} on other ports "
             f"({existing.ari_url}, SIP {existing.sip_port}): take it down first"
@@ -322,6 +323,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
             rtp_end=opts.rtp_end,
             ari_password=password,
             app_name=opts.app_name,
+            slots=opts.slots,
             instance_dir=inner,
         ),
     )
@@ -381,6 +383,7 @@ def up(opts: LabOptions, progress: Callable[[str], None]) -> LabInfo:
         engine="rootfs",
         asterisk_version=version,
         app_name=opts.app_name,
+        slots=opts.slots,
         log_file=log_file,
     )
     save_state(

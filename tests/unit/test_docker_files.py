@@ -100,7 +100,8 @@ def test_entrypoint_sets_password_and_app(tmp_path: Path) -> None:
             "sh",
             "-c",
             func.group(0) + '\nset_key "$1/ari.conf" ari-bridge password "$2"'
-            '\nset_key "$1/extensions.conf" globals ARI_APP other-app',
+            '\nset_key "$1/extensions.conf" globals ARI_APP other-app'
+            '\nset_key "$1/extensions.conf" globals ARI_SLOTS 4',
             "sh",
             str(tmp_path),
             password,
@@ -110,7 +111,9 @@ def test_entrypoint_sets_password_and_app(tmp_path: Path) -> None:
     ari = (tmp_path / "ari.conf").read_text()
     assert f"\npassword = {password}\n" in ari
     assert "change-me" not in ari
-    assert "\nARI_APP = other-app\n" in (tmp_path / "extensions.conf").read_text()
+    extensions = (tmp_path / "extensions.conf").read_text()
+    assert "\nARI_APP = other-app\n" in extensions
+    assert "\nARI_SLOTS = 4\n" in extensions
 
 
 def _healthcheck(dockerfile: Path) -> str:
@@ -181,7 +184,8 @@ def test_compose_keeps_store_and_recordings_in_named_volumes() -> None:
         source, target, *_ = volume.split(":")
         if source in named:
             mounts[target] = source
-    assert set(mounts.values()) == named - {"redis-data"} == {
+    cluster = {f"{name}-data" for name in CLUSTER_SERVICES}
+    assert set(mounts.values()) == named - {"redis-data"} - cluster == {
         "bridge-state", "bridge-recordings", "bridge-media"}
     env = bridge["environment"]
     for key, volume in (("ARI_BRIDGE_STORE__PATH", "bridge-state"),
@@ -299,3 +303,58 @@ def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
         result = _probe(tmp_path, f"http: {{port: {port}}}\n")
     assert result.returncode == 1
     assert f"http://127.0.0.1:{port}/readyz" in result.stderr
+
+
+CLUSTER_SERVICES = {"asterisk-b", "cluster-bridge-1", "cluster-bridge-2"}
+
+
+def test_the_cluster_profile_leaves_the_default_services_alone() -> None:
+    services = _compose()["services"]
+    assert {n for n, s in services.items() if s.get("profiles") == ["cluster"]} == CLUSTER_SERVICES
+    assert all("profiles" not in s for n, s in services.items() if n not in CLUSTER_SERVICES)
+    # Without ARI_SLOTS the default Asterisk hands calls to the one application, as before.
+    assert services["asterisk"]["environment"]["ARI_SLOTS"] == "${ARI_SLOTS:-0}"
+
+
+def test_the_cluster_profile_parses() -> None:
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is not installed: apt-get install docker-compose"
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ARI_BRIDGE_")}
+    env.update({"ARI_PASSWORD": "p", "REDIS_PASSWORD": "r", "ARI_SLOTS": "4"})
+    done = subprocess.run([binary, "-f", str(DOCKER / "compose.yaml"), "--profile", "cluster",
+                           "config"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    assert set(services) >= CLUSTER_SERVICES
+    nodes = yaml.safe_load((DOCKER / "cluster-config.yaml").read_text())["ari"]["nodes"]
+    ports = {"a": services["asterisk"]["environment"]["ARI_PORT"],
+             "b": services["asterisk-b"]["environment"]["ARI_PORT"]}
+    assert ports["a"] != ports["b"]
+    assert services["asterisk"]["environment"]["ARI_SLOTS"] == "4"
+    assert services["asterisk-b"]["environment"]["ARI_SLOTS"] == "4"
+    seen = set()
+    for name in ("cluster-bridge-1", "cluster-bridge-2"):
+        bridge = services[name]
+        env_vars = bridge["environment"]
+        for node in nodes:
+            key = f"ARI_BRIDGE_ARI__NODES__{node['name'].upper()}"
+            assert env_vars[f"{key}__PASSWORD"] == "p"
+            assert env_vars[f"{key}__URL"] == f"http://127.0.0.1:{ports[node['name']]}"
+        assert env_vars["ARI_BRIDGE_STORE__REDIS_URL"].startswith("redis://:r@127.0.0.1:")
+        seen.add((env_vars["ARI_BRIDGE_CLUSTER__INSTANCE_ID"], env_vars["ARI_BRIDGE_HTTP__PORT"]))
+        assert set(bridge["depends_on"]) == {"asterisk", "asterisk-b", "redis", "example"}
+    assert len({i for i, _ in seen}) == len({p for _, p in seen}) == 2
+
+
+def test_the_cluster_configuration_loads() -> None:
+    from bridge.config import Config, load_config
+
+    if "cluster" not in Config.model_fields:
+        pytest.skip("this build has no cluster configuration yet")
+    compose = _compose()["services"]["cluster-bridge-2"]["environment"]
+    env = {k: re.sub(r"\$\{[^}]*\}", "1", str(v)) for k, v in compose.items()}
+    config = load_config(DOCKER / "cluster-config.yaml", environ=env)
+    assert [n.name for n in config.ari.node_configs()] == ["a", "b"]
+    assert config.cluster.enabled and config.cluster.instance_id == "cluster-bridge-2"
+    assert config.store.backend == "redis"

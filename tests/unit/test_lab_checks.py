@@ -102,6 +102,7 @@ def test_render_overrides_exactly_the_variable_keys(tmp_path: Path) -> None:
         rtp_end=30099,
         ari_password="s3cret-Pw",
         app_name="my-app",
+        slots=3,
         instance_dir="/srv/ari-bridge-labs/abc",
     )
     out = tmp_path / "etc"
@@ -119,6 +120,7 @@ def test_render_overrides_exactly_the_variable_keys(tmp_path: Path) -> None:
         ("rtp.conf", "general", "rtpstart"): "30000",
         ("rtp.conf", "general", "rtpend"): "30099",
         ("extensions.conf", "globals", "ARI_APP"): "my-app",
+        ("extensions.conf", "globals", "ARI_SLOTS"): "3",
     }
     for key, sub in INSTANCE_DIR_KEYS.items():
         expected_changes[("asterisk.conf", "directories", key)] = f"/srv/ari-bridge-labs/abc/{sub}"
@@ -167,6 +169,7 @@ def test_shipped_defaults_are_the_documented_ones() -> None:
     )
     ext = parse_conf((CONFIG / "extensions.conf").read_text())
     assert ext["globals"]["ARI_APP"] == ["ari-bridge"]
+    assert ext["globals"]["ARI_SLOTS"] == ["0"]  # one bridge, as before clusters
     modules = parse_conf((CONFIG / "modules.conf").read_text())["modules"]
     assert modules["autoload"] == ["no"]
     assert len(modules["load"]) == len(set(modules["load"])), "a module is listed twice"
@@ -222,3 +225,24 @@ def test_lab_info_repr_hides_password() -> None:
         asterisk_version="22",
     )
     assert "hunter2-secret" not in repr(info)
+
+
+def test_render_without_slots_keeps_the_single_application() -> None:
+    overrides = lab_overrides(ari_port=1, sip_port=2, rtp_start=3, rtp_end=4,
+                              ari_password="x", app_name="a")
+    assert overrides["extensions.conf"]["globals"] == {"ARI_APP": "a", "ARI_SLOTS": "0"}
+
+
+def test_render_refuses_negative_slots() -> None:
+    with pytest.raises(ValueError, match="slots"):
+        lab_overrides(ari_port=1, sip_port=2, rtp_start=3, rtp_end=4, ari_password="x",
+                      app_name="a", slots=-1)
+
+
+def test_lab_command_passes_slots_to_the_lab() -> None:
+    from bridge.cli import _lab_opts, _parser
+
+    args = _parser().parse_args(["lab", "up", "--slots", "4", "--state-dir", "/tmp/x"])
+    assert _lab_opts(args).slots == 4
+    assert _lab_opts(_parser().parse_args(["lab", "up"])).slots == 0
+    assert _lab_opts(_parser().parse_args(["demo"])).slots == 0
