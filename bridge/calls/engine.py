@@ -112,7 +112,9 @@ class CallEngine:
         self.store = store
         self.public_url = public_url
         self.sessions: dict[str, CallSession] = {}
-        self.by_channel: dict[str, CallSession] = {}
+        #: By (node, channel id): two Asterisk nodes may give two channels the same id (an
+        #: id is the start time and a counter unless the node has a ``systemname``).
+        self.by_channel: dict[tuple[str, str], CallSession] = {}
         self.links: list[AriLink] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
@@ -276,7 +278,7 @@ class CallEngine:
         channel = event.get("channel") or {}
         channel_id = str(channel.get("id", ""))
         args = [str(a) for a in event.get("args", [])]
-        if not channel_id or channel_id in self.by_channel:
+        if not channel_id or (link.node, channel_id) in self.by_channel:
             return
         if not args or args[0] != "inbound":
             log.warning("call.unexpected_channel", channel_id=channel_id, args=args)
@@ -389,7 +391,7 @@ class CallEngine:
         link.calls_started += 1
         metrics.CALLS_ACTIVE.inc()
         self.sessions[session.uuid] = session
-        self.by_channel[session.channel_id] = session
+        self.by_channel[(session.record.node, session.channel_id)] = session
         link.gateway.route(f"channel:{session.channel_id}", session.on_event)
         self._session_tasks[session.uuid] = self._run_task(session.run())
         if self.config.agents.track_all_calls:
@@ -405,7 +407,7 @@ class CallEngine:
         deleted now."""
         if self.sessions.pop(session.uuid, None) is not None:
             metrics.CALLS_ACTIVE.dec()
-        self.by_channel.pop(session.channel_id, None)
+        self.by_channel.pop((session.record.node, session.channel_id), None)
         self._session_tasks.pop(session.uuid, None)
         self.history.record_ended(session)
         session.gateway.unroute(f"channel:{session.channel_id}")
@@ -421,7 +423,7 @@ class CallEngine:
             task.cancel()
         if self.sessions.pop(session.uuid, None) is not None:
             metrics.CALLS_ACTIVE.dec()
-        self.by_channel.pop(session.channel_id, None)
+        self.by_channel.pop((session.record.node, session.channel_id), None)
         session.gateway.unroute(f"channel:{session.channel_id}")
 
     def _run_task(self, coro: Any) -> asyncio.Task[None]:
@@ -453,7 +455,8 @@ class CallEngine:
         records = {r.channel_id: r for r in self.store.all(slot=link.slot)
                    if self.link_of(r) is link}
         resumed = ended = cleaned = 0
-        for channel_id in in_stasis - set(self.by_channel):
+        owned = {channel for node, channel in self.by_channel if node == link.node}
+        for channel_id in in_stasis - owned:
             record = records.pop(channel_id, None)
             if record is None:
                 cleaned += 1
@@ -465,7 +468,7 @@ class CallEngine:
                 ended += 1
         # Calls we knew about whose channel ended while no bridge was watching.
         for channel_id, record in records.items():
-            if channel_id in self.by_channel:
+            if channel_id in owned or (link.node, channel_id) in self.by_channel:
                 continue
             self._complete_orphan(record)
             ended += 1
@@ -484,6 +487,7 @@ class CallEngine:
             return False
         log.info("reconcile.resume", call_uuid=record.uuid, position=record.position,
                  link=link.name)
+        record.node = link.node  # a record from before nodes were named
         self._start(link, self.new_session(link, record, actions, resumed=True, app=app))
         return True
 

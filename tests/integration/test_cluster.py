@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 #: Two bridges, two slots: each bridge holds one, so every call is a coin toss between them.
 SLOTS = 2
 NODE_NAMES = ("a", "b")
+NODE_OPTS: list[LabOptions] = []
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LabInfo]]:
             )
             infos.append(lab_up(opts))
             started.append(opts)
+            NODE_OPTS.append(opts)
         yield infos
     finally:
         for opts in started:
@@ -190,9 +192,17 @@ async def test_kill_9_of_a_bridge_its_calls_are_adopted_and_go_on(nodes, webhook
             nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=receivers[i].port,
             timeout_s=180)) for i, number in enumerate(numbers)]
         try:
-            for number in numbers:
-                await webhooks.wait_for(lambda n=number: "answered" in webhooks.statuses(n),
-                                        timeout=60)
+            async def all_answered() -> bool:
+                return all("answered" in webhooks.statuses(n) for n in numbers)
+
+            try:
+                await poll(all_answered, timeout=60)
+            except AssertionError:
+                from bridge.lab import asterisk_cli
+                for o in NODE_OPTS:
+                    print(asterisk_cli(o, "core show channels concise"))
+                raise AssertionError({n: (webhooks.statuses(n), c.done() and c.result())
+                                      for n, c in zip(numbers, callers, strict=True)}) from None
             live = [(await readiness(b))[1]["live_calls"] for b in bridges]
             assert sum(live) == calls and min(live) > 0, live
             victim, survivor = (bridges if live[0] >= live[1] else bridges[::-1])

@@ -135,7 +135,7 @@ class Harness:
         self.engine.on_stasis_start(self.engine.primary,
                                     {"type": "StasisStart", "channel": {"id": CHANNEL},
                                      "args": ["inbound", "15551230000", "15550001111"]})
-        return self.engine.by_channel[CHANNEL]
+        return self.engine.by_channel[("asterisk", CHANNEL)]
 
     def statuses(self) -> list[str]:
         """Call status events; error events (``status: "error"``) are in errors()."""
