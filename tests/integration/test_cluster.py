@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from bridge.agents.redis_server import RedisServer
-from bridge.lab import LabInfo, LabOptions, lab_down, lab_up
+from bridge.lab import LabInfo, LabOptions, asterisk_cli, lab_down, lab_up
 from bridge.lab.sipp import Agent, RtpReceiver, SippResult, free_port, place_call
 from bridge.lab.sipp.traces import double_bookings
 from tests.integration.harness import WebhookApp, new_number
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 #: Two bridges, two slots: each bridge holds one, so every call is a coin toss between them.
 SLOTS = 2
 NODE_NAMES = ("a", "b")
-NODE_OPTS: list[LabOptions] = []
+NODE_OPTS: list[LabOptions] = []  # the running nodes, for a failing test's diagnostics
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +198,8 @@ async def test_kill_9_of_a_bridge_its_calls_are_adopted_and_go_on(nodes, webhook
             try:
                 await poll(all_answered, timeout=60)
             except AssertionError:
-                from bridge.lab import asterisk_cli
-                for o in NODE_OPTS:
-                    print(asterisk_cli(o, "core show channels concise"))
+                for opts in NODE_OPTS:  # where the unanswered calls are
+                    print(asterisk_cli(opts, "core show channels concise"))
                 raise AssertionError({n: (webhooks.statuses(n), c.done() and c.result())
                                       for n, c in zip(numbers, callers, strict=True)}) from None
             live = [(await readiness(b))[1]["live_calls"] for b in bridges]
