@@ -17,6 +17,12 @@ allows after the event was written; then the event is dropped with an error log 
 ``OUTBOX_DROPPED`` metric. A 4xx answer other than 429 is the application's final word: the
 event is logged and deleted at once.
 
+Storage away (a shared Redis restarting, a full disk): an event that cannot be written is
+kept in memory, in order, and written before any newer event as soon as the storage takes
+writes again (the deliverer retries every half second). Until then it exists only in this
+process: an outage and a crash of the process together lose it (at most
+``MAX_UNWRITTEN`` are kept; beyond that the oldest is dropped with an error log).
+
 Restarts: the rows outlive the process. :meth:`EventOutbox.start` picks up every row left by
 a previous process using the same database file and delivers them, in order.
 
@@ -29,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
+import json
 import random
 import time
 import weakref
@@ -51,6 +59,11 @@ from bridge.webhooks.messages import (
     redact_url,
 )
 from bridge.webhooks.signing import Signer
+
+#: Events kept in memory while the storage cannot take writes (see the module docstring).
+MAX_UNWRITTEN = 100_000
+#: How often the deliverer tries again to write them (seconds).
+UNWRITTEN_RETRY_S = 0.5
 
 __all__ = [
     "EventOutbox",
@@ -232,6 +245,8 @@ class EventOutbox:
         self._changed = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._unknown_apps: set[str] = set()
+        # Events the storage could not take yet, oldest first, with their end_call.
+        self._unwritten: deque[tuple[NewOutboxEvent, str | None]] = deque()
         self.delivered = 0
         self.rejected = 0
         self.dropped = 0
@@ -250,7 +265,8 @@ class EventOutbox:
         same transaction (``completed``), so a crash can neither lose the event nor resume
         a finished call.
 
-        Returns True once the event is on disk; False (logged) if it could not be written.
+        Returns True once the event is on disk; False (logged) if it could not be written
+        now: it is then kept in memory and written, in order, once the storage is back.
         """
         try:
             m = method.upper()
@@ -266,18 +282,63 @@ class EventOutbox:
                 fallback_url=None if plain else app.fallback_answer_url,
                 signed=not plain, created_at=now, next_attempt_at=now,
             )
-            self._storage.outbox_add(event, end_call=call_uuid if ends_call else None)
         except Exception as exc:
             log.error("event.not_written", call_uuid=call_uuid,
                       url=redact_url(url) if isinstance(url, str) else None,
                       error=str(exc) or type(exc).__name__)
             return False
-        self._count += 1
-        if call_uuid not in self._active:
-            self._active.add(call_uuid)
-            self._ready.append(call_uuid)
+        end_call = call_uuid if ends_call else None
+        # Behind any event still waiting for the storage: the order is the order of posts.
+        if self._unwritten:
+            self.write_unwritten()
+        if self._unwritten or not self._write(event, end_call):
+            self._keep_unwritten(event, end_call)
+            return False
         self._wake.set()
         return True
+
+    def _write(self, event: NewOutboxEvent, end_call: str | None) -> bool:
+        """Write one event and schedule its call; False when the storage refused it."""
+        try:
+            self._storage.outbox_add(event, end_call=end_call)
+        except Exception as exc:
+            if not self._unwritten:  # once per outage
+                log.warning("event.write_deferred", call_uuid=event.call_uuid,
+                            error=str(exc) or type(exc).__name__)
+            return False
+        self._count += 1
+        if event.call_uuid not in self._active:
+            self._active.add(event.call_uuid)
+            self._ready.append(event.call_uuid)
+        return True
+
+    def _keep_unwritten(self, event: NewOutboxEvent, end_call: str | None) -> None:
+        # A deep copy, as the storage would have made: the caller may change its dicts.
+        payload = json.loads(json.dumps(event.payload, default=str))
+        self._unwritten.append((dataclasses.replace(event, payload=payload), end_call))
+        if len(self._unwritten) > MAX_UNWRITTEN:
+            lost, _ = self._unwritten.popleft()
+            self.dropped += 1
+            log.error("event.not_written", call_uuid=lost.call_uuid, url=redact_url(lost.url),
+                      error=f"more than {MAX_UNWRITTEN} events waiting for the storage")
+        self._wake.set()
+
+    def write_unwritten(self) -> None:
+        """Write the kept events, oldest first, until the storage refuses one."""
+        written = 0
+        while self._unwritten:
+            event, end_call = self._unwritten[0]
+            if not self._write(event, end_call):
+                break
+            self._unwritten.popleft()
+            written += 1
+        if written and not self._unwritten:
+            log.info("event.writes_resumed", written=written)
+
+    @property
+    def unwritten(self) -> int:
+        """Events waiting in memory for the storage to take writes again."""
+        return len(self._unwritten)
 
     async def start(self) -> None:
         """Start delivering: the rows already on disk first, in order (idempotent)."""
@@ -377,6 +438,8 @@ class EventOutbox:
 
     async def _dispatch(self) -> None:
         while True:
+            if self._unwritten:
+                self.write_unwritten()
             now = self._clock()
             while self._timers and self._timers[0][0] <= now:
                 _, _, call_uuid = heapq.heappop(self._timers)
@@ -390,6 +453,9 @@ class EventOutbox:
             timeout = None
             if self._timers:
                 timeout = max(self._timers[0][0] - now, 0.0)
+            if self._unwritten:
+                timeout = min(timeout, UNWRITTEN_RETRY_S) if timeout is not None \
+                    else UNWRITTEN_RETRY_S
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

@@ -455,7 +455,7 @@ def test_completed_is_written_with_the_deletion_of_the_live_call(
         ("call-a", {"status": "completed"})]
 
 
-def test_completed_is_not_written_when_the_deletion_fails(
+def test_a_completed_whose_deletion_fails_waits_in_memory_and_is_written_later(
         sqlite_store: CallStore, receiver: Receiver) -> None:
     store = sqlite_store
     app = application(receiver)
@@ -465,18 +465,32 @@ def test_completed_is_not_written_when_the_deletion_fails(
     assert events.post("call-a", app, receiver.url("/event"), "POST",
                        {"status": "completed"}, ends_call=True)
 
-    # When the deletion fails, the event is not written either (one transaction).
+    # When the deletion fails, the event is not written either (one transaction): it waits
+    # in memory, and so does every later event (their order is the order of posts).
     raw = sqlite3.connect(store.path)
     raw.execute("CREATE TRIGGER keep BEFORE DELETE ON live_calls "
                 "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
     raw.commit()
-    raw.close()
     with structlog.testing.capture_logs() as logs:
         assert not events.post("call-b", app, receiver.url("/event"), "POST",
                                {"status": "completed"}, ends_call=True)
+        assert not events.post("call-c", app, receiver.url("/event"), "POST",
+                               {"status": "started"})
     assert [r.uuid for r in store.all()] == ["call-b"]
     assert len(store.outbox_events()) == 1 and events.backlog() == 1
-    assert [e["error"] for e in logs if e["event"] == "event.not_written"] == ["disk trouble"]
+    assert events.unwritten == 2
+    assert [(e["event"], e.get("error")) for e in logs] == [
+        ("event.write_deferred", "disk trouble")]  # once, not per event
+
+    raw.execute("DROP TRIGGER keep")
+    raw.commit()
+    raw.close()
+    with structlog.testing.capture_logs() as logs:
+        events.write_unwritten()
+    assert [(e["event"], e.get("written")) for e in logs] == [("event.writes_resumed", 2)]
+    assert store.all() == [] and events.unwritten == 0
+    assert [(e.call_uuid, e.payload["status"]) for e in store.outbox_events()] == [
+        ("call-a", "completed"), ("call-b", "completed"), ("call-c", "started")]
 
 
 # ------------------------------------------------------------ the store's own URLs

@@ -294,13 +294,14 @@ def test_writes_wait_while_redis_is_away_and_are_replayed_in_order(tmp_path: Pat
             s.all()
         with pytest.raises(StoreUnavailable):
             s.outbox_add(event("kept", 2))
-        # The outbox reports the event as not written, and the call stays live.
+        # The outbox keeps the event in memory until Redis is back; the call stays live.
         app = ApplicationConfig(id="app", answer_url="http://127.0.0.1:9/answer")
         events = EventOutbox(s, WebhookClient(), lambda _: app)
         with structlog.testing.capture_logs() as logs:
             assert not events.post("kept", app, "http://127.0.0.1:9/event", "POST",
                                    {"status": "completed"}, ends_call=True)
-        assert [e["event"] for e in logs] == ["event.not_written"]
+        assert [e["event"] for e in logs] == ["event.write_deferred"]
+        assert events.unwritten == 1
         with pytest.raises(StoreUnavailable):
             s.has_data(1)
 
@@ -314,6 +315,10 @@ def test_writes_wait_while_redis_is_away_and_are_replayed_in_order(tmp_path: Pat
         assert got["kept"].answered_at == "2024-01-01T00:00:09.000Z"
         assert [e.payload["seq"] for e in s.outbox_events()] == [1]
         s.check_writable()
+        # The completed kept in memory is written now, with the deletion of its call.
+        events.write_unwritten()
+        assert events.unwritten == 0 and set(by_uuid(s.all(slot=1))) == {"new"}
+        assert [e.payload.get("status") for e in s.outbox_events()] == [None, "completed"]
     finally:
         s.close()
         server.stop()
