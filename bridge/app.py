@@ -93,10 +93,13 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         if member is not None:
-            await member.stop()  # stops heartbeating: the slot expires for a survivor
+            await member.stop_beating()  # adopts nothing more
         await engine.shutdown()
         for link in list(engine.links):
             await engine.stop_link(link)
+        if member is not None:
+            # Only now that no call is driven from here: a survivor adopts the slots at once.
+            await member.leave()
         # Undelivered events stay in the store for the next start.
         await engine.events.stop()
         await webhooks.close()

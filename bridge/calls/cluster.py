@@ -82,16 +82,23 @@ class ClusterMember:
         await self._heartbeat()
         self._task = asyncio.create_task(self._beat_forever(), name="cluster-heartbeat")
 
-    async def stop(self) -> None:
-        """Stop heartbeating and give the slots back: their calls stay in Asterisk and in
-        the store, and a survivor (or the next start) adopts them at once."""
+    async def stop_beating(self) -> None:
+        """Stop heartbeating (and adopting): first step of a shutdown."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+            self._task = None
+
+    async def leave(self) -> None:
+        """Give the slots back once no call is driven from here: their calls stay in
+        Asterisk and in the store, and a survivor (or the next start) adopts them at once."""
+        await self.stop_beating()
         for slot in sorted(self.owned_slots):
             with contextlib.suppress(Exception):
                 await self.leases.release(slot)
+        with contextlib.suppress(Exception):
+            await self.leases.forget_member()
         await self.leases.close()
 
     def describe(self) -> dict[str, Any]:

@@ -147,5 +147,9 @@ class SlotLeases:
         values = await self._redis.mget(keys)
         return [json.loads(v) for v in values if v is not None]
 
+    async def forget_member(self) -> None:
+        """Remove this bridge's heartbeat at once (a clean stop), not at its expiry."""
+        await self._redis.delete(self._member_key(self.instance))
+
     async def close(self) -> None:
         await self._redis.aclose()

@@ -400,3 +400,59 @@ async def test_redis_restart_calls_go_on_and_readiness_says_so(nodes, webhooks, 
                 caller.cancel()
             for receiver in receivers:
                 receiver.close()
+
+
+# ---------------------------------------------------------------------------------- 5
+async def test_sigterm_gives_the_slot_back_and_the_other_bridge_takes_the_calls(
+        nodes, webhooks, tmp_path, redis):
+    """A bridge stopped with SIGTERM drains, gives its slot back as it exits, and the other
+    bridge adopts its calls at once (no waiting for the slot's key to expire); calls placed
+    afterwards all reach the bridge that is left."""
+    calls = 6
+    async with two_bridges(nodes, webhooks, tmp_path, redis.url) as bridges:
+        numbers = [new_number() for _ in range(calls)]
+        for number in numbers:
+            webhooks.answer(number, [{"action": "talk", "text": "Please hold.", "loop": 0}])
+        receivers = [await RtpReceiver.open() for _ in numbers]
+        callers = [asyncio.ensure_future(place_call(
+            nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=receivers[i].port,
+            timeout_s=120)) for i, number in enumerate(numbers)]
+        try:
+            for number in numbers:
+                await webhooks.wait_for(lambda n=number: "answered" in webhooks.statuses(n))
+            live = [(await readiness(b))[1]["live_calls"] for b in bridges]
+            leaving, staying = (bridges if live[0] >= live[1] else bridges[::-1])
+
+            await leaving.stop()
+            assert leaving.proc is not None and leaving.proc.returncode == 0
+
+            async def all_taken() -> bool:
+                return (await readiness(staying))[1]["live_calls"] == calls
+
+            await poll(all_taken, timeout=10)
+            assert (await readiness(staying))[1]["cluster"]["adoptions"] == 1
+            taken_at = time.monotonic()
+            for receiver in receivers:
+                await poll(lambda r=receiver: _async(heard_since(r, taken_at)), timeout=20)
+
+            later = [new_number() for _ in range(4)]
+            for number in later:
+                webhooks.answer(number, [{"action": "talk", "text": "Hello."}])
+            before = (await readiness(staying))[1]["calls_started"]
+            results = await asyncio.gather(*(place_call(
+                nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=free_port(),
+                timeout_s=30) for i, number in enumerate(later)))
+            assert all(r.ok for r in results), [r.errors for r in results if not r.ok]
+            assert (await readiness(staying))[1]["calls_started"] == before + len(later)
+
+            await hang_up_everything(nodes)
+            await asyncio.wait_for(asyncio.gather(*callers), 60)
+            for number in numbers + later:
+                await webhooks.wait_completed(number)
+                assert webhooks.statuses(number) == [
+                    "started", "ringing", "answered", "completed"], webhooks.statuses(number)
+        finally:
+            for caller in callers:
+                caller.cancel()
+            for receiver in receivers:
+                receiver.close()
