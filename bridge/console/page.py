@@ -114,7 +114,9 @@ function render() {
   const a = S.ari;
   document.getElementById("ari").innerHTML = '<span class="dot ' + (a.connected ? "up" : "down")
     + '"></span>ARI: ' + (a.connected ? "connected" : "disconnected"
-    + (a.last_error ? " (" + esc(a.last_error) + ")" : ""));
+    + (a.last_error ? " (" + esc(a.last_error) + ")" : ""))
+    + (a.links ? " &middot; " + a.links.map(l => esc(l.name) + (l.connected ? " up" : " down")
+      + (l.adopted ? " (adopted)" : "")).join(", ") : "");
   document.getElementById("counts").textContent = "sessions: " + (S.counts.live_sessions ?? 0)
     + ", started: " + (S.counts.calls_started ?? 0);
   document.getElementById("live-count").textContent = S.live.size;

@@ -34,8 +34,17 @@ class ConsoleViews:
         gateway = self._gateway()
         if gateway is None:
             return {"connected": False, "last_error": "the bridge is starting", "connects": 0}
-        return {"connected": gateway.connected, "last_error": gateway.last_error,
-                "connects": gateway.connects, "events_routed": gateway.events_routed}
+        state: dict[str, Any] = {
+            "connected": gateway.connected, "last_error": gateway.last_error,
+            "connects": gateway.connects, "events_routed": gateway.events_routed}
+        engine = self._engine()
+        if engine is not None and len(engine.links) > 1:
+            # Several nodes, or a cluster's slots: each connection, and all of them up.
+            links = [link.describe() for link in engine.links]
+            down = [link["name"] for link in links if not link["connected"]]
+            state.update(links=links, connected=not down,
+                         last_error=f"not connected: {', '.join(down)}" if down else None)
+        return state
 
     def counts(self) -> dict[str, Any]:
         engine = self._engine()

@@ -125,3 +125,36 @@ async def test_stopping_the_server_ends_open_event_streams():
         rest = await asyncio.wait_for(resp.content.read(), 30)
         assert b"event: update" not in rest
     assert RECORDER.on is False
+
+
+class _Link:
+    def __init__(self, name: str, connected: bool, adopted: bool = False) -> None:
+        self.name, self.connected, self.adopted = name, connected, adopted
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "connected": self.connected, "adopted": self.adopted}
+
+
+class _Gateway:
+    connected, last_error, connects, events_routed = True, None, 1, 0
+
+
+def test_the_ari_state_names_each_link_and_is_down_while_one_is() -> None:
+    from bridge.console.views import ConsoleViews
+
+    class Engine:
+        links = [_Link("a/slot-1", True), _Link("b/slot-1", False),
+                 _Link("a/slot-2", True, adopted=True)]
+
+    views = ConsoleViews(RECORDER, [], lambda: Engine(), lambda: _Gateway())  # type: ignore[arg-type,return-value]
+    state = views.ari()
+    assert state["connected"] is False
+    assert state["last_error"] == "not connected: b/slot-1"
+    assert [link["name"] for link in state["links"]] == ["a/slot-1", "b/slot-1", "a/slot-2"]
+    Engine.links[1].connected = True
+    assert views.ari()["connected"] is True and views.ari()["last_error"] is None
+
+    class OneLink:
+        links = [_Link("asterisk", True)]
+
+    assert "links" not in ConsoleViews(RECORDER, [], lambda: OneLink(), lambda: _Gateway()).ari()  # type: ignore[arg-type,return-value]
