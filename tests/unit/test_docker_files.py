@@ -320,7 +320,8 @@ def test_the_cluster_profile_parses() -> None:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is not installed: apt-get install docker-compose"
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ARI_BRIDGE_")}
-    env.update({"ARI_PASSWORD": "p", "REDIS_PASSWORD": "r", "ARI_SLOTS": "4"})
+    env.update({"ARI_PASSWORD": "p", "REDIS_PASSWORD": "r", "ARI_SLOTS": "4",
+                "EXAMPLE_PORT": "18123"})
     done = subprocess.run([binary, "-f", str(DOCKER / "compose.yaml"), "--profile", "cluster",
                            "config"], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
@@ -342,6 +343,12 @@ def test_the_cluster_profile_parses() -> None:
             assert env_vars[f"{key}__PASSWORD"] == "p"
             assert env_vars[f"{key}__URL"] == f"http://127.0.0.1:{ports[node['name']]}"
         assert env_vars["ARI_BRIDGE_STORE__REDIS_URL"].startswith("redis://:r@127.0.0.1:")
+        # The example service wherever EXAMPLE_PORT puts it, not the file's port 8000.
+        assert "18123" in services["example"]["command"]
+        assert (env_vars["ARI_BRIDGE_APPLICATIONS__WELCOME__ANSWER_URL"]
+                == "http://127.0.0.1:18123/answer")
+        assert (env_vars["ARI_BRIDGE_APPLICATIONS__WELCOME__EVENT_URL"]
+                == "http://127.0.0.1:18123/event")
         seen.add((env_vars["ARI_BRIDGE_CLUSTER__INSTANCE_ID"], env_vars["ARI_BRIDGE_HTTP__PORT"]))
         assert set(bridge["depends_on"]) == {"asterisk", "asterisk-b", "redis", "example"}
     assert len({i for i, _ in seen}) == len({p for _, p in seen}) == 2
@@ -358,3 +365,4 @@ def test_the_cluster_configuration_loads() -> None:
     assert [n.name for n in config.ari.node_configs()] == ["a", "b"]
     assert config.cluster.enabled and config.cluster.instance_id == "cluster-bridge-2"
     assert config.store.backend == "redis"
+    assert config.application("welcome").answer_url == "http://127.0.0.1:1/answer"
