@@ -244,7 +244,8 @@ class BridgeService:
 
     async def drain(self, timeout_s: float) -> None:
         """What SIGTERM does before :meth:`stop`: take no new calls (``/readyz`` says 503,
-        inbound calls get SIP 503 from the dialplan's fallback), and deliver the events
+        inbound calls get SIP 503 from the dialplan's fallback, or in a cluster go on to the
+        next slot), and deliver the events
         already queued, waiting at most ``timeout_s`` seconds. Live calls are left in
         Asterisk (``stop`` does not hang them up), for the next bridge to resume."""
         engine = self.app.get(ENGINE_KEY)

@@ -36,10 +36,10 @@ covers only the calls of those slots, as a bridge delivers only its own slots' e
 When Redis is away (connection refused, timeout), the call writes (``save``,
 ``update_progress``, ``mark_answered``, ``delete``) do not raise: they are kept in memory, in
 order (at most ``max_deferred``; beyond that the oldest is dropped with an error log), and
-replayed by :meth:`RedisCallStore.flush_deferred`, which the engine calls from a timer and
-every later write calls first. Writing an event raises (the outbox logs
-``event.not_written``), reads raise :class:`StoreUnavailable`, and so does
-:meth:`RedisCallStore.check_writable`.
+replayed by :meth:`RedisCallStore.flush_deferred`, which the cluster's heartbeat calls and
+every later write or read calls first. Writing an event raises (the outbox keeps the event in
+memory and writes it once Redis is back, see bridge/webhooks/outbox.py), reads raise
+:class:`StoreUnavailable`, and so does :meth:`RedisCallStore.check_writable`.
 """
 
 from __future__ import annotations
