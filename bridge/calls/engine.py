@@ -3,12 +3,9 @@
 Registry: call uuid -> session and channel id -> session. There is no global lock: each
 session is driven by its own task, and the registry is only touched from the event loop.
 
-Links: the engine reaches Asterisk through one or more :class:`AriLink`, one per ARI
-connection: an Asterisk node and a Stasis application. A single bridge has one link per node
-(``ari.nodes``; one node by default). In a cluster each bridge holds slots (see
-bridge/calls/cluster.py), and each slot is a Stasis application of its own on every node, so a
-link is a (node, slot) pair. A call lives on one link: its channel, its callee legs and its
-bridges are on that node, in that application, and its record says which (``node``, ``slot``).
+Links: the engine reaches Asterisk through one or more links (bridge/calls/links.py), one per
+ARI connection: an Asterisk node and a Stasis application (a slot's, in a cluster). A call
+lives on one link, and its record says which (``node``, ``slot``).
 
 Reconciliation runs after every ARI (re)connect. Channels still in our Stasis application that
 no live session owns are either resumed from the call store (a restarted bridge) or hung up
@@ -23,7 +20,6 @@ import contextlib
 import time
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +32,7 @@ from bridge.agents.tracking import track_call
 from bridge.ari.errors import AriError, ChannelGone
 from bridge.ari.gateway import AriGateway, Event, new_id
 from bridge.calls.history import CallHistory
+from bridge.calls.links import AriLink
 from bridge.calls.outbound import Draining, OutboundCall
 from bridge.calls.session import CallSession
 from bridge.calls.store import CallRecord, CallStorage
@@ -43,11 +40,12 @@ from bridge.config import ApplicationConfig, AriConfig, Config
 from bridge.dial.dialer import Dialer
 from bridge.exotel import applet as exotel_applet
 from bridge.media import MediaStore
+from bridge.media.asr import AsrProvider
 from bridge.media.files import FileStore
 from bridge.media.recordings import RecordingService
 from bridge.ncco import actions as action_modules
 from bridge.ncco.actions.conversation.rooms import RoomRegistry
-from bridge.ncco.context import CallServices, Runner
+from bridge.ncco.context import CallServices
 from bridge.ncco.models import Action, NccoError, parse_ncco
 from bridge.webhooks import EventOutbox, WebhookClient
 from bridge.webhooks import payloads as ev
@@ -60,41 +58,6 @@ log = structlog.get_logger(__name__)
 UNAVAILABLE_LABEL = "unavailable"
 #: In a cluster's dialplan: try the next slot's Stasis application (another bridge's).
 NEXT_SLOT_LABEL = "next"
-
-
-@dataclass
-class AriLink:
-    """One ARI connection of this bridge, and what is bound to it: the calls' services with
-    this connection's gateway (dialler, recordings), its conversation rooms and the agents'
-    devices of its node."""
-
-    node: str
-    slot: int  # 0 outside a cluster
-    gateway: AriGateway
-    services: CallServices
-    rooms: RoomRegistry
-    runners: dict[str, Runner]
-    devices: DeviceProvisioner
-    #: A dead bridge's slot taken over: its calls are resumed here, new calls are sent on to
-    #: the next slot (so the slot empties and is given back).
-    adopted: bool = False
-    #: Set once a reconciliation after a connect has run: the link's calls are all known.
-    reconciled: bool = False
-    calls_started: int = 0  # new calls and resumed ones
-
-    def describe(self) -> dict[str, Any]:
-        """What ``/readyz`` shows of the link."""
-        return {"name": self.name, "node": self.node, "app": self.gateway.app,
-                "slot": self.slot, "adopted": self.adopted,
-                "connected": self.gateway.connected, "calls_started": self.calls_started}
-
-    @property
-    def recordings(self) -> RecordingService:
-        return self.services.recordings
-
-    @property
-    def name(self) -> str:
-        return f"{self.node}/slot-{self.slot}" if self.slot else self.node
 
 
 class CallEngine:
@@ -134,7 +97,8 @@ class CallEngine:
             retention_s=config.events.retention_s, retry_base_s=config.events.retry_base_s,
             retry_cap_s=config.events.retry_cap_s, max_in_flight=config.events.max_in_flight,
         )
-        self.asr: Any = None  # the speech recogniser every link's calls use (set by the app)
+        #: The speech recogniser of every link's calls (None: the embedded default).
+        self.asr: AsrProvider | None = None
 
     # -------------------------------------------------------------------- links
     def add_link(self, node: AriConfig, slot: int = 0, adopted: bool = False) -> AriLink:
@@ -165,25 +129,16 @@ class CallEngine:
                adopted: bool = False) -> AriLink:
         """Bind the calls' services to ``gateway`` as a new link (``add_link`` makes the
         gateway; the unit tests bring their own)."""
-        recordings = RecordingService(  # record, conversation record
-            gateway, FileStore(self.config.recordings.path),
-            retention_hours=self.config.recordings.retention_hours)
-        #: What calls share; sessions and their actions see only this, not the engine.
         services = CallServices(
             gateway=gateway, media=self.media, dialer=Dialer(gateway, self.config),
-            webhooks=self.webhooks, events=self.events, recordings=recordings,
+            webhooks=self.webhooks, events=self.events,
+            recordings=RecordingService(  # record, conversation record
+                gateway, FileStore(self.config.recordings.path),
+                retention_hours=self.config.recordings.retention_hours),
             agents=self.agents, config=self.config, public_url=self.public_url,
             check_runnable=self.check_runnable, asr=self.asr,
         )
-        rooms = RoomRegistry(services)  # named conversation rooms
-        link = AriLink(
-            node=node, slot=slot, gateway=gateway, services=services, rooms=rooms,
-            #: Action name -> runner: the NCCO actions, and an applet number's Exotel Connect.
-            runners={**action_modules.runners(rooms), exotel_applet.ACTION: exotel_applet.run},
-            # Agents' SIP devices (agents.devices), created in Asterisk after every connect.
-            devices=DeviceProvisioner(gateway, self.config.agents.devices),
-            adopted=adopted,
-        )
+        link = AriLink.around(services, node, slot, adopted)
         self.links.append(link)
         return link
 
