@@ -17,7 +17,8 @@ Keys (``{p}`` is ``store.redis_prefix``):
 - ``{p}events:{call_uuid}``: LIST of the call's pending event ids, oldest first.
 - ``{p}stream-slots``: HASH call_uuid -> the slot its pending events belong to: the slot of
   the call's record when its first pending event was written, else the slot of its pending
-  events already there; a call with neither (its record unknown to this bridge) gets slot 0.
+  events already there. A side stream (``<uuid>/passthru``) goes with its call; a stream whose
+  call this bridge does not know goes to the lowest slot it serves (0 outside a cluster).
 - ``{p}slot:{k}:streams``: ZSET of the calls of slot ``k`` with pending events, scored by their
   oldest pending event's id, so that streams come out in the order their oldest events were
   written (as the SQLite store orders them).
@@ -437,13 +438,21 @@ class RedisCallStore:
         self._flush_before_read()
         if self._deferred:
             raise StoreUnavailable("redis is away: earlier writes are still waiting")
-        known = self._records.get(event.call_uuid)
-        slot = 0 if known is None else known.slot
+        slot = self._slot_of_stream(event.call_uuid)
         event_id = int(self._read(lambda: self._outbox_add(
             args=[self.prefix, _event_json(event), event.call_uuid, slot, end_call or ""])))
         if end_call is not None:
             self._records.pop(end_call, None)
         return event_id
+
+    def _slot_of_stream(self, stream: str) -> int:
+        """The slot whose bridge delivers a stream's events: its call's. A stream may be a
+        call's side stream (``<uuid>/passthru``, Exotel's passthru requests); one whose call
+        this bridge does not know goes to the lowest slot it serves (0 outside a cluster)."""
+        known = self._records.get(stream) or self._records.get(stream.split("/", 1)[0])
+        if known is not None:
+            return known.slot
+        return min(self.owned_slots) if self.owned_slots else 0
 
     def outbox_head(self, call_uuid: str) -> OutboxEvent | None:
         found = self._read(lambda: self._outbox_head(args=[self.prefix, call_uuid]))

@@ -227,24 +227,25 @@ def test_the_outbox_covers_only_the_owned_slots(redis_server: RedisServer) -> No
         s.outbox_add(event("two", 2))
         s.outbox_add(event("two", 3))
         s.outbox_add(event("three", 4))
-        s.outbox_add(event("stranger", 5))  # no record known: slot 0
-        assert s.outbox_streams() == [("two", 100.0)]
-        assert (s.outbox_count(), s.outbox_oldest_created_at()) == (2, 2.0)
+        s.outbox_add(event("stranger", 5))  # no record known: the lowest owned slot (2)
+        s.outbox_add(event("one/passthru", 6))  # a side stream goes with its call (slot 1)
+        assert [c for c, _ in s.outbox_streams()] == ["two", "stranger"]
+        assert (s.outbox_count(), s.outbox_oldest_created_at()) == (3, 2.0)
 
         owned.update({1, 0})  # the coordinator adopted slots 0 and 1
-        assert [c for c, _ in s.outbox_streams()] == ["one", "two", "stranger"]
-        assert (s.outbox_count(), s.outbox_oldest_created_at()) == (4, 1.0)
+        assert [c for c, _ in s.outbox_streams()] == ["one", "two", "stranger", "one/passthru"]
+        assert (s.outbox_count(), s.outbox_oldest_created_at()) == (5, 1.0)
         owned.clear()
         assert (s.outbox_streams(), s.outbox_count(), s.outbox_oldest_created_at()) == (
             [], 0, None)
         # Inspection and the heads are not filtered.
-        assert len(s.outbox_events()) == 5 and s.outbox_head("three") is not None
-        assert [s.has_data(k) for k in range(5)] == [True, True, True, True, False]
+        assert len(s.outbox_events()) == 6 and s.outbox_head("three") is not None
+        assert [s.has_data(k) for k in range(5)] == [False, True, True, True, False]
     finally:
         s.close()
     every = RedisCallStore(redis_server.url, prefix)  # owned_slots None: every slot
     try:
-        assert (every.outbox_count(), len(every.outbox_streams())) == (5, 4)
+        assert (every.outbox_count(), len(every.outbox_streams())) == (6, 5)
     finally:
         every.close()
 
