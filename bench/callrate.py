@@ -332,8 +332,8 @@ class Bench:
         timeout_s = int(seconds + 45)
         argvs = []
         for index, target in enumerate(targets):
-            # Call i goes to target i mod n: the split is even, and the rates add up.
-            target_calls = calls // len(targets) + (index < calls % len(targets))
+            # Each target takes an even share of the calls at its share of the rate.
+            target_calls = max(1, calls // len(targets) + int(index < calls % len(targets)))
             suffix = f"-{index}" if index else ""
             argvs.append([
                 "sipp", target,
@@ -406,8 +406,9 @@ class Bench:
         used["sipp"] = sipp_cpu
         done = max(1, result.successful + result.failed)
         result.cpu_ms_per_call = {k: round(v * 1000 / done, 2) for k, v in used.items()}
-        # Of the bridge's CPU, the part spent in the kernel (socket system calls).
-        result.cpu_ms_per_call["bridge_kernel"] = round(bridge_sys * 1000 / done, 2)
+        if "bridge" in pids:
+            # Of the bridge's CPU, the part spent in the kernel (socket system calls).
+            result.cpu_ms_per_call["bridge_kernel"] = round(bridge_sys * 1000 / done, 2)
         jiffies = max(1.0, total1 - total0)
         ncpu = os.cpu_count() or 1
         result.machine_busy_pct = round(100 * (busy1 - busy0) / jiffies, 1)
