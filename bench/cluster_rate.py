@@ -126,8 +126,6 @@ class ClusterBench(Bench):
         for name in wanted:
             self._lab(name)
         self.active_nodes = wanted
-        # callrate's helpers (warm-up media, ari_get credentials) read self.lab.
-        self.lab = self.nodes[wanted[0]]
 
     # ---------------------------------------------------------------- processes
     def start_app(self) -> None:
@@ -309,6 +307,7 @@ class ClusterBench(Bench):
                 "loadavg_before": load_before,
                 "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
                 "python": sys.version.split()[0],
+                "asterisk": sorted({info.asterisk_version for info in self.nodes.values()}),
             },
         }
 
