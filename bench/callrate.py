@@ -231,9 +231,10 @@ class Bench:
         )
         log.close()
 
-    def _wait_http(self, url: str, what: str, deadline_s: float = 30.0) -> None:
+    def _wait_http(self, url: str, what: str, deadline_s: float = 30.0,
+                   name: str | None = None) -> None:
         end = time.monotonic() + deadline_s
-        name = "app" if what.startswith("application") else "bridge"
+        name = name or ("app" if what.startswith("application") else "bridge")
         while time.monotonic() < end:
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"the {what} exited; see {self.work / (name + '.log')}")
@@ -269,6 +270,10 @@ class Bench:
             "bridge": self.procs["bridge"].pid if "bridge" in self.procs else None,
             "app": self.procs["app"].pid if "app" in self.procs else None,
         }
+
+    def sipp_targets(self) -> list[str]:
+        """The SIP addresses the calls go to, split evenly (one sipp each)."""
+        return [f"127.0.0.1:{self.lab.sip_port}"]
 
     def ari_channels(self) -> int:
         from bridge.lab._model import ari_get
@@ -322,45 +327,58 @@ class Bench:
         step_dir = self.work / f"{variant}-{phase}-{rate:g}"
         step_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(SCENARIO, step_dir / SCENARIO.name)
-        limit = max(50, int(rate * self.args.limit_seconds))
+        targets = self.sipp_targets()
+        limit = max(50, int(rate * self.args.limit_seconds / len(targets)))
         timeout_s = int(seconds + 45)
-        argv = [
-            "sipp", f"127.0.0.1:{self.lab.sip_port}",
-            "-sf", SCENARIO.name, "-s", number,
-            "-r", f"{rate:g}", "-m", str(calls), "-l", str(limit),
-            "-i", "127.0.0.1", "-p", str(free_port()),
-            "-key", "rtp_port", str(self.sink.getsockname()[1]) if self.sink else "9",
-            "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
-            "-trace_stat", "-fd", "1", "-stf", "stat.csv",
-            "-trace_rtt", "-rtt_freq", "1",
-            "-trace_err", "-error_file", "errors.log",
-        ]
+        argvs = []
+        for index, target in enumerate(targets):
+            # Each target takes an even share of the calls at its share of the rate.
+            target_calls = max(1, calls // len(targets) + int(index < calls % len(targets)))
+            suffix = f"-{index}" if index else ""
+            argvs.append([
+                "sipp", target,
+                "-sf", SCENARIO.name, "-s", number,
+                "-r", f"{rate / len(targets):g}", "-m", str(target_calls), "-l", str(limit),
+                "-i", "127.0.0.1", "-p", str(free_port()),
+                "-key", "rtp_port", str(self.sink.getsockname()[1]) if self.sink else "9",
+                "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
+                "-trace_stat", "-fd", "1", "-stf", f"stat{suffix}.csv",
+                "-trace_rtt", "-rtt_freq", "1",
+                "-trace_err", "-error_file", f"errors{suffix}.log",
+            ])
         pids = self.pids()
         cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        bridge_sys0 = proc_sys_cpu_s(pids["bridge"])
+        bridge_sys0 = proc_sys_cpu_s(pids.get("bridge"))
         sipp_cpu0 = children_cpu_s()
         busy0, total0 = machine_cpu()
         spy = None
         if profile_out is not None:
             spy = subprocess.Popen(
                 [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                 str(pids["bridge"]), "--rate", "200", "--duration", str(int(seconds + 3)),
+                 str(pids.get("bridge")), "--rate", "200", "--duration", str(int(seconds + 3)),
                  "--format", "raw", "--idle", "--nonblocking", "-o", str(profile_out)],
                 stdout=subprocess.DEVNULL, stderr=open(step_dir / "py-spy.log", "wb"),  # noqa: SIM115
             )
             time.sleep(1.0)  # let py-spy attach
         started = time.monotonic()
-        try:
-            proc = subprocess.run(argv, cwd=step_dir, stdout=subprocess.DEVNULL,
-                                  stderr=open(step_dir / "sipp.stderr", "wb"),  # noqa: SIM115
-                                  timeout=timeout_s + 30, check=False)
-            rc = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = -9
+        sipps = []
+        for index, argv in enumerate(argvs):
+            with open(step_dir / f"sipp{f'-{index}' if index else ''}.stderr", "wb") as err:
+                sipps.append(subprocess.Popen(argv, cwd=step_dir, stdout=subprocess.DEVNULL,
+                                              stderr=err))
+        rc = 0
+        for sipp in sipps:
+            try:
+                code = sipp.wait(max(1.0, started + timeout_s + 30 - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                sipp.kill()
+                sipp.wait(5)
+                code = -9
+            rc = rc or code
         wall = time.monotonic() - started
         busy1, total1 = machine_cpu()
         cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        bridge_sys = proc_sys_cpu_s(pids["bridge"]) - bridge_sys0
+        bridge_sys = proc_sys_cpu_s(pids.get("bridge")) - bridge_sys0
         sipp_cpu = children_cpu_s() - sipp_cpu0
         if spy is not None:
             try:
@@ -388,8 +406,9 @@ class Bench:
         used["sipp"] = sipp_cpu
         done = max(1, result.successful + result.failed)
         result.cpu_ms_per_call = {k: round(v * 1000 / done, 2) for k, v in used.items()}
-        # Of the bridge's CPU, the part spent in the kernel (socket system calls).
-        result.cpu_ms_per_call["bridge_kernel"] = round(bridge_sys * 1000 / done, 2)
+        if "bridge" in pids:
+            # Of the bridge's CPU, the part spent in the kernel (socket system calls).
+            result.cpu_ms_per_call["bridge_kernel"] = round(bridge_sys * 1000 / done, 2)
         jiffies = max(1.0, total1 - total0)
         ncpu = os.cpu_count() or 1
         result.machine_busy_pct = round(100 * (busy1 - busy0) / jiffies, 1)
@@ -404,31 +423,35 @@ class Bench:
         return result
 
     def _read_stats(self, step_dir: Path, result: StepResult) -> None:
-        path = step_dir / "stat.csv"
-        try:
-            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
+        """The last line of each sipp's statistics (one sipp per target), added up."""
+        paths = sorted(step_dir.glob("stat*.csv"))
+        if len(paths) < len(self.sipp_targets()):
             result.note = "no sipp statistics"
-            return
-        header = lines[0].split(";")
-        last = lines[-1].split(";")
-        row = dict(zip(header, last, strict=False))
+        reasons: Counter[str] = Counter()
+        for path in paths:
+            try:
+                lines = [ln for ln in path.read_text(errors="replace").splitlines()
+                         if ln.strip()]
+            except OSError:
+                result.note = "no sipp statistics"
+                continue
+            if not lines:
+                continue
+            header = lines[0].split(";")
+            row = dict(zip(header, lines[-1].split(";"), strict=False))
 
-        def num(key: str) -> int:
-            with contextlib.suppress(ValueError, TypeError):
-                return int(float(row.get(key, "0")))
-            return 0
+            def num(key: str, row: dict[str, str] = row) -> int:
+                with contextlib.suppress(ValueError, TypeError):
+                    return int(float(row.get(key, "0")))
+                return 0
 
-        result.successful = num("SuccessfulCall(C)")
-        result.failed = num("FailedCall(C)")
-        reasons = {
-            key[len("Failed"):-3]: num(key) for key in header
-            if key.startswith("Failed") and key.endswith("(C)") and key != "FailedCall(C)"
-        }
+            result.successful += num("SuccessfulCall(C)")
+            result.failed += num("FailedCall(C)")
+            for key in header:
+                if key.startswith("Failed") and key.endswith("(C)") and key != "FailedCall(C)":
+                    reasons[key[len("Failed"):-3]] += num(key)
+            reasons["(retransmissions, not failures)"] += num("Retransmissions(C)")
         result.failure_reasons = {k: v for k, v in reasons.items() if v}
-        retrans = num("Retransmissions(C)")
-        if retrans:
-            result.failure_reasons["(retransmissions, not failures)"] = retrans
 
     def _read_rtt(self, step_dir: Path) -> tuple[list[float], list[float], list[float]]:
         setup: list[float] = []
