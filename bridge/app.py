@@ -20,6 +20,7 @@ from bridge.api import FileStore, RestApi
 from bridge.ari.gateway import AriGateway
 from bridge.calls.cluster import ClusterMember
 from bridge.calls.engine import CallEngine
+from bridge.calls.redis_store import RedisCallStore
 from bridge.calls.stores import open_call_store
 from bridge.config import Config
 from bridge.console import register_console
@@ -78,6 +79,7 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
     member: ClusterMember | None = None
     if config.cluster.enabled:
         # Claims a slot (waiting for one if all are held), then connects its links.
+        assert isinstance(store, RedisCallStore)  # the configuration requires it
         member = ClusterMember(config, engine, store, owned_slots, lambda: app[BASE_URL_KEY][0])
         await member.start()
     else:

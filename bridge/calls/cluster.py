@@ -26,7 +26,9 @@ from typing import Any
 
 import structlog
 
-from bridge.calls.engine import AriLink, CallEngine
+from bridge.calls.engine import CallEngine
+from bridge.calls.links import AriLink
+from bridge.calls.redis_store import RedisCallStore
 from bridge.cluster.slots import SlotLeases
 from bridge.config import Config
 
@@ -34,8 +36,8 @@ log = structlog.get_logger(__name__)
 
 
 class ClusterMember:
-    def __init__(self, config: Config, engine: CallEngine, store: Any, owned_slots: set[int],
-                 public_url: Callable[[], str]) -> None:
+    def __init__(self, config: Config, engine: CallEngine, store: RedisCallStore,
+                 owned_slots: set[int], public_url: Callable[[], str]) -> None:
         self.config = config
         self.engine = engine
         self.store = store
@@ -66,10 +68,10 @@ class ClusterMember:
                 slot = await self.leases.claim_free(prefer=self.store.has_data)
             except Exception as exc:  # Redis away at start: keep trying, say why
                 log.warning("cluster.claim_failed", error=str(exc) or type(exc).__name__)
-                slot = None
-            if slot is not None:
-                break
-            log.warning("cluster.no_free_slot", slots=self.config.cluster.slots)
+            else:
+                if slot is not None:
+                    break
+                log.warning("cluster.no_free_slot", slots=self.config.cluster.slots)
             await asyncio.sleep(self.config.cluster.heartbeat_s)
         self.primary_slot = slot
         self.owned_slots.add(slot)
@@ -128,9 +130,7 @@ class ClusterMember:
                 self._adopt_after = time.monotonic() + self.config.cluster.dead_after_s
 
     async def _heartbeat(self) -> None:
-        flush = getattr(self.store, "flush_deferred", None)
-        if flush is not None:
-            flush()
+        self.store.flush_deferred()  # call writes made while Redis was away, in order
         lost = await self.leases.renew(self.held)
         for slot in sorted(lost):
             # Expired while Redis was away: take it again unless another bridge has.
