@@ -211,9 +211,18 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     print(f"configuration OK: {len(config.applications)} application(s), "
           f"{len(config.numbers)} number(s), {len(config.trunks)} trunk(s)")
-    ari = config.ari
-    print(f"  ari: url={ari.url} username={ari.username} app={ari.app} password="
-          f"{'set' if ari.password.get_secret_value() else 'EMPTY'}")
+    # In a cluster the applications are the slots' (the dialplan's ARI_SLOTS must match).
+    apps = (f"{config.stasis_app(1)}..{config.stasis_app(config.cluster.slots)}"
+            if config.cluster.enabled else config.ari.app)
+    nodes = config.ari.node_configs()
+    for node in nodes:
+        name = f" node={node.name}" if config.ari.nodes else ""
+        print(f"  ari:{name} url={node.url} username={node.username} app={apps} password="
+              f"{'set' if node.password.get_secret_value() else 'EMPTY'}")
+    if config.cluster.enabled:
+        print(f"  cluster: instance={config.cluster.instance()} slots={config.cluster.slots} "
+              f"heartbeat_s={config.cluster.heartbeat_s:g} "
+              f"dead_after_s={config.cluster.dead_after_s:g}")
     for store in describe_stores(config):
         print("  " + " ".join(f"{k}={v}" for k, v in store.items()))
     return 0

@@ -185,3 +185,25 @@ def test_sourcing_the_lab_credentials_reaches_the_bridge(tmp_path: Path) -> None
     bare = run("check-config", "--config", str(config), env=env)
     assert "password=EMPTY" in bare.stdout
     assert "warning: ari.password is empty" in bare.stderr
+
+
+def test_check_config_of_a_cluster_names_each_node_and_the_slots(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "ari:\n  app: pbx\n  nodes:\n"
+        "    - {name: east, url: 'http://127.0.0.1:18088', password: ''}\n"
+        "    - {name: west, url: 'http://127.0.0.1:18089', password: ''}\n"
+        "store: {backend: redis, redis_url: 'redis://127.0.0.1:1/0'}\n"
+        "agents: {backend: redis, redis_url: 'redis://127.0.0.1:1/0'}\n"
+        "cluster: {enabled: true, slots: 3, instance_id: b1}\n"
+        f"media: {{path: '{tmp_path}/media'}}\n"
+        f"recordings: {{path: '{tmp_path}/recordings'}}\n")
+    env = _clean_environ() | {"ARI_BRIDGE_ARI__NODES__EAST__PASSWORD": "from-the-environment"}
+    result = run("check-config", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert ("ari: node=east url=http://127.0.0.1:18088 username=ari-bridge app=pbx-1..pbx-3 "
+            "password=set") in result.stdout
+    assert "ari: node=west url=http://127.0.0.1:18089" in result.stdout
+    assert "password=EMPTY" in result.stdout  # west's
+    assert "cluster: instance=b1 slots=3 heartbeat_s=1 dead_after_s=3" in result.stdout
+    assert "from-the-environment" not in result.stdout + result.stderr
