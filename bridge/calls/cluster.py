@@ -81,7 +81,7 @@ class ClusterMember:
         await self.engine.events.start()
         for link in links:
             await self.engine.start_link(link)
-        await self._heartbeat()
+        await self._beat_safely()
         self._task = asyncio.create_task(self._beat_forever(), name="cluster-heartbeat")
 
     async def stop_beating(self) -> None:
@@ -115,19 +115,21 @@ class ClusterMember:
 
     # ------------------------------------------------------------------ the beat
     async def _beat_forever(self) -> None:
-        interval = self.config.cluster.heartbeat_s
         while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._heartbeat()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Redis away: keep serving what we hold (the calls go on); the keys expire
-                # only if the outage outlasts dead_after_s, and then we re-claim or give up
-                # each slot on the first beat that reaches Redis again.
-                log.warning("cluster.heartbeat_failed", error=str(exc) or type(exc).__name__)
-                self._adopt_after = time.monotonic() + self.config.cluster.dead_after_s
+            await asyncio.sleep(self.config.cluster.heartbeat_s)
+            await self._beat_safely()
+
+    async def _beat_safely(self) -> None:
+        try:
+            await self._heartbeat()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Redis away: keep serving what we hold (the calls go on); the keys expire
+            # only if the outage outlasts dead_after_s, and then we re-claim or give up
+            # each slot on the first beat that reaches Redis again.
+            log.warning("cluster.heartbeat_failed", error=str(exc) or type(exc).__name__)
+            self._adopt_after = time.monotonic() + self.config.cluster.dead_after_s
 
     async def _heartbeat(self) -> None:
         self.store.flush_deferred()  # call writes made while Redis was away, in order
