@@ -1,10 +1,12 @@
 """bench/cluster_lab.py for real: two lab nodes with slots, a persistent Redis and the example
 application come up, answer, keep Redis's data over a restart, and go down without leftovers.
 
-The bridges are not started here (``up(bridges=False)``): they are the bridge's own tests."""
+The last test starts the two bridges too, as the README's command does, and places a call on
+each node."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -17,6 +19,7 @@ import yaml
 from bench.cluster_lab import NODE_NAMES, down, node_options, status, up
 from bridge.lab import asterisk_cli
 from bridge.lab._model import ari_get
+from bridge.lab.sipp import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +85,31 @@ def test_down_stops_everything_it_started(state: Path) -> None:
     for pid in pids:
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_up_with_the_bridges_serves_a_call_on_each_node(state: Path) -> None:
+    """The README's command as a user runs it: both bridges come up ready, each holding its own
+    slot, and a call on each node is answered by the example application."""
+    import aiohttp
+
+    from bridge.lab.sipp import place_call
+
+    data = await asyncio.to_thread(up, state)
+    try:
+        slots = set()
+        async with aiohttp.ClientSession() as http:
+            for port in data["bridge_ports"]:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    body = await resp.json()
+                    assert resp.status == 200, body
+                    slots.update(body["cluster"]["slots"])
+        assert len(slots) == 2  # one each
+        for name in NODE_NAMES:
+            host, port = data["nodes"][name]["sip"].rsplit(":", 1)
+            result = await place_call(host, int(port), "15551230000", rtp_port=free_port(),
+                                      timeout_s=60)
+            assert result.ok, (name, result.errors)
+            assert 200 in result.statuses
+    finally:
+        stopped = await asyncio.to_thread(down, state)
+    assert {"bridge-1", "bridge-2"} <= set(stopped)
