@@ -161,7 +161,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def _links_down(engine: CallEngine) -> str | None:
     """None when every ARI link is connected; else which are not, and why."""
-    down = [link for link in engine.links if not link.gateway.connected]
+    down = engine.links_down()
     if not down:
         return None if engine.links else "not connected"
     if len(engine.links) == 1:

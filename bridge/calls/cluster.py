@@ -76,11 +76,9 @@ class ClusterMember:
         self.primary_slot = slot
         self.owned_slots.add(slot)
         log.info("cluster.joined", instance=self.instance, slot=slot)
-        links = [self.engine.add_link(node, slot) for node in self.config.ari.node_configs()]
         # Events left in this slot by a previous process go out first.
         await self.engine.events.start()
-        for link in links:
-            await self.engine.start_link(link)
+        await self._connect(slot, adopted=False)
         await self._beat_safely()
         self._task = asyncio.create_task(self._beat_forever(), name="cluster-heartbeat")
 
@@ -159,10 +157,7 @@ class ClusterMember:
             return
         self.primary_slot = slot
         self.owned_slots.add(slot)
-        links = [self.engine.add_link(node, slot) for node in self.config.ari.node_configs()]
-        self.engine.events.adopt_streams()
-        for link in links:
-            await self.engine.start_link(link)
+        await self._connect(slot, adopted=False)
         log.info("cluster.rejoined", slot=slot)
 
     # ------------------------------------------------------------------ adoption
@@ -173,13 +168,19 @@ class ClusterMember:
         self.adopted.add(slot)
         self.owned_slots.add(slot)
         self.adoptions += 1
-        links = [self.engine.add_link(node, slot, adopted=True)
-                 for node in self.config.ari.node_configs()]
-        self.engine.events.adopt_streams()
-        for link in links:
-            await self.engine.start_link(link)
+        links = await self._connect(slot, adopted=True)
         log.info("cluster.adopted", slot=slot, links=[link.name for link in links],
                  seconds=round(time.monotonic() - started, 3))
+
+    async def _connect(self, slot: int, adopted: bool) -> list[AriLink]:
+        """Serve ``slot``: its application on every node (each connect reconciles: resumes
+        the slot's calls from the store), and its pending events."""
+        links = [self.engine.add_link(node, slot, adopted=adopted)
+                 for node in self.config.ari.node_configs()]
+        self.engine.events.adopt_streams()  # nothing to add before the outbox has started
+        for link in links:
+            await self.engine.start_link(link)
+        return links
 
     def _links(self, slot: int) -> list[AriLink]:
         return [link for link in self.engine.links if link.slot == slot]
@@ -189,7 +190,7 @@ class ClusterMember:
         links = self._links(slot)
         if any(not link.gateway.connected or not link.reconciled for link in links):
             return  # its calls are not all known yet
-        if any(self.engine.calls_on(link) for link in links) or self.store.has_data(slot):
+        if any(self.engine.sessions_on(link) for link in links) or self.store.has_data(slot):
             return
         for link in links:
             await self.engine.stop_link(link)

@@ -148,7 +148,7 @@ class CallEngine:
 
     async def stop_link(self, link: AriLink) -> None:
         """Stop driving ``link``'s calls without hanging them up, and close it."""
-        for session in [s for s in self.sessions.values() if s.services is link.services]:
+        for session in self.sessions_on(link):
             self._forget(session)
         await link.recordings.close()
         await link.rooms.shutdown()
@@ -164,8 +164,13 @@ class CallEngine:
                 return link
         return None
 
-    def calls_on(self, link: AriLink) -> int:
-        return sum(1 for s in self.sessions.values() if s.services is link.services)
+    def sessions_on(self, link: AriLink) -> list[CallSession]:
+        """The live calls driven over ``link``."""
+        return [s for s in self.sessions.values() if s.services is link.services]
+
+    def links_down(self) -> list[AriLink]:
+        """The links whose ARI connection is not up (for ``/readyz`` and the console)."""
+        return [link for link in self.links if not link.gateway.connected]
 
     @property
     def primary(self) -> AriLink:
@@ -402,7 +407,7 @@ class CallEngine:
             log.warning("reconcile.failed", link=link.name, error=str(exc))
             return
         # Live sessions whose channel vanished while the websocket was down.
-        for session in [s for s in self.sessions.values() if s.services is link.services]:
+        for session in self.sessions_on(link):
             dialling = session.outbound is not None and session.answered is None
             if (session.created < snapshot_at and not dialling
                     and session.channel_id not in in_stasis):

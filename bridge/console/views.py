@@ -41,7 +41,7 @@ class ConsoleViews:
         if engine is not None and len(engine.links) > 1:
             # Several nodes, or a cluster's slots: each connection, and all of them up.
             links = [link.describe() for link in engine.links]
-            down = [link["name"] for link in links if not link["connected"]]
+            down = [link.name for link in engine.links_down()]
             state.update(links=links, connected=not down,
                          last_error=f"not connected: {', '.join(down)}" if down else None)
         return state

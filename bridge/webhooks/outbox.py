@@ -348,10 +348,7 @@ class EventOutbox:
         self._active.clear()
         self._ready.clear()
         self._timers.clear()
-        for call_uuid, next_attempt_at in self._storage.outbox_streams():
-            self._active.add(call_uuid)
-            self._schedule(call_uuid, next_attempt_at)
-        if self._active:
+        if self._schedule_stored():
             log.info("events.resumed", calls=len(self._active), events=self._count)
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name="event-outbox")
@@ -362,16 +359,21 @@ class EventOutbox:
         this bridge adopted in a cluster), behind the ones already queued."""
         if self._dispatcher is None:
             return
+        added = self._schedule_stored()
+        self._count = self._safe_count()
+        if added:
+            log.info("events.adopted", calls=added)
+        self._wake.set()
+
+    def _schedule_stored(self) -> int:
+        """Schedule every stored stream not scheduled yet; returns how many were added."""
         added = 0
         for call_uuid, next_attempt_at in self._storage.outbox_streams():
             if call_uuid not in self._active:
                 self._active.add(call_uuid)
                 self._schedule(call_uuid, next_attempt_at)
                 added += 1
-        self._count = self._safe_count()
-        if added:
-            log.info("events.adopted", calls=added)
-        self._wake.set()
+        return added
 
     async def stop(self) -> None:
         """Stop delivering; what is not delivered stays on disk for the next start.

@@ -23,7 +23,7 @@ from aiohttp import web
 from bridge.agents.redis_server import RedisServer
 from bridge.lab import LabInfo, LabOptions, asterisk_cli, lab_down, lab_up
 from bridge.lab.sipp import Agent, RtpReceiver, SippResult, free_port, place_call
-from bridge.lab.sipp.traces import double_bookings
+from bridge.lab.sipp.traces import double_bookings, messages, start_lines
 from tests.integration.harness import WebhookApp, new_number
 from tests.integration.processes import (
     BridgeProcess,
@@ -117,6 +117,32 @@ async def two_bridges(nodes: list[LabInfo], webhooks: WebhookApp, tmp_path: Path
             await bridge.stop()
 
 
+#: Callers on hold: their numbers, their RTP receivers, their sipp tasks.
+OnHold = tuple[list[str], list[RtpReceiver], list["asyncio.Future[SippResult]"]]
+
+
+@contextlib.asynccontextmanager
+async def callers_on_hold(nodes: list[LabInfo], webhooks: WebhookApp, count: int,
+                          timeout_s: float) -> AsyncIterator[OnHold]:
+    """``count`` callers dialling their own numbers, alternately on each node, each answered
+    with an endless prompt; yields their numbers, RTP receivers and sipp tasks (stopped at the
+    end)."""
+    numbers = [new_number() for _ in range(count)]
+    for number in numbers:
+        webhooks.answer(number, [{"action": "talk", "text": "Please hold.", "loop": 0}])
+    receivers = [await RtpReceiver.open() for _ in numbers]
+    callers = [asyncio.ensure_future(place_call(
+        nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=receivers[i].port,
+        timeout_s=timeout_s)) for i, number in enumerate(numbers)]
+    try:
+        yield numbers, receivers, callers
+    finally:
+        for caller in callers:
+            caller.cancel()
+        for receiver in receivers:
+            receiver.close()
+
+
 async def readiness(bridge: BridgeProcess) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http, http.get(f"{bridge.url}/readyz") as resp:
         return resp.status, await resp.json()
@@ -142,6 +168,21 @@ async def channels_of(node: LabInfo, number: str) -> list[str]:
 
 async def no_channel_left(nodes: list[LabInfo]) -> bool:
     return not await all_channels(nodes)
+
+
+async def outbox_empty(bridge: BridgeProcess) -> bool:
+    """The bridge's event outbox has nothing left to deliver (its backlog metric is 0)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{bridge.url}/metrics") as resp:
+        text = await resp.text()
+    return any(line.split()[-1] in ("0", "0.0") for line in text.splitlines()
+               if line.startswith("ari_bridge_outbox_backlog "))
+
+
+def calls_ended(trace: str) -> bool:
+    """Every call an agent received has its BYE in the agent's trace."""
+    starts = [start_lines(text)[1] for _, text in messages(trace)]
+    return (sum(1 for line in starts if line.startswith("INVITE "))
+            <= sum(1 for line in starts if line.startswith("BYE ")))
 
 
 def heard_since(receiver: RtpReceiver, since: float) -> bool:
@@ -192,66 +233,55 @@ async def test_kill_9_of_a_bridge_its_calls_are_adopted_and_go_on(nodes, webhook
     SIGKILL: the other adopts its slot and resumes every call (the callers keep hearing the
     prompt), and each call's hang-up later gives exactly one ``completed``."""
     calls = 20
-    async with two_bridges(nodes, webhooks, tmp_path, redis.url) as bridges:
-        numbers = [new_number() for _ in range(calls)]
-        for number in numbers:
-            webhooks.answer(number, [{"action": "talk", "text": "Please hold.", "loop": 0}])
-        receivers = [await RtpReceiver.open() for _ in numbers]
-        callers = [asyncio.ensure_future(place_call(
-            nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=receivers[i].port,
-            timeout_s=180)) for i, number in enumerate(numbers)]
+    async with two_bridges(nodes, webhooks, tmp_path, redis.url) as bridges, \
+            callers_on_hold(nodes, webhooks, calls, timeout_s=180) as (numbers, receivers, callers):
+        async def all_answered() -> bool:
+            return all("answered" in webhooks.statuses(n) for n in numbers)
+
         try:
-            async def all_answered() -> bool:
-                return all("answered" in webhooks.statuses(n) for n in numbers)
+            await poll(all_answered, timeout=60)
+        except AssertionError:
+            for opts in NODE_OPTS:  # where the unanswered calls are
+                print(asterisk_cli(opts, "core show channels concise"))
+            raise AssertionError({n: (webhooks.statuses(n), c.done() and c.result())
+                                  for n, c in zip(numbers, callers, strict=True)}) from None
+        live = [(await readiness(b))[1]["live_calls"] for b in bridges]
+        assert sum(live) == calls and min(live) > 0, live
+        victim, survivor = (bridges if live[0] >= live[1] else bridges[::-1])
 
-            try:
-                await poll(all_answered, timeout=60)
-            except AssertionError:
-                for opts in NODE_OPTS:  # where the unanswered calls are
-                    print(asterisk_cli(opts, "core show channels concise"))
-                raise AssertionError({n: (webhooks.statuses(n), c.done() and c.result())
-                                      for n, c in zip(numbers, callers, strict=True)}) from None
-            live = [(await readiness(b))[1]["live_calls"] for b in bridges]
-            assert sum(live) == calls and min(live) > 0, live
-            victim, survivor = (bridges if live[0] >= live[1] else bridges[::-1])
+        await victim.kill()
+        killed_at = time.monotonic()
 
-            await victim.kill()
-            killed_at = time.monotonic()
-
-            async def all_adopted() -> bool:
-                _, body = await readiness(survivor)
-                return body["live_calls"] == calls
-
-            await poll(all_adopted, timeout=30)
-            adopted_s = time.monotonic() - killed_at
-            print(f"all {calls} calls adopted {adopted_s:.2f} s after the kill")
+        async def all_adopted() -> bool:
             _, body = await readiness(survivor)
-            assert len(body["cluster"]["adopted"]) == 1, body["cluster"]
+            return body["live_calls"] == calls
 
-            # Every caller, on either bridge before, hears the prompt after the adoption.
-            adopted_at = time.monotonic()
-            for receiver in receivers:
-                await poll(lambda r=receiver: _async(heard_since(r, adopted_at)), timeout=20)
-            assert not any(c.done() for c in callers)
-            for number in numbers:
-                assert webhooks.errors(number) == [], (number, webhooks.errors(number))
-                assert "completed" not in webhooks.statuses(number)
+        await poll(all_adopted, timeout=30)
+        adopted_s = time.monotonic() - killed_at
+        print(f"all {calls} calls adopted {adopted_s:.2f} s after the kill")
+        _, body = await readiness(survivor)
+        assert len(body["cluster"]["adopted"]) == 1, body["cluster"]
 
-            await hang_up_everything(nodes)
-            results = await asyncio.wait_for(asyncio.gather(*callers), 60)
-            assert all(r.ok for r in results), [r.errors for r in results if not r.ok]
-            for number in numbers:
-                await webhooks.wait_completed(number)
-            await asyncio.sleep(2)  # a duplicate would arrive within the event retry time
-            for number in numbers:
-                assert webhooks.statuses(number) == [
-                    "started", "ringing", "answered", "completed"], webhooks.statuses(number)
-            await poll(lambda: no_channel_left(nodes), timeout=60)
-        finally:
-            for caller in callers:
-                caller.cancel()
-            for receiver in receivers:
-                receiver.close()
+        # Every caller, on either bridge before, hears the prompt after the adoption.
+        adopted_at = time.monotonic()
+        for receiver in receivers:
+            await poll(lambda r=receiver: _async(heard_since(r, adopted_at)), timeout=20)
+        assert not any(c.done() for c in callers)
+        for number in numbers:
+            assert webhooks.errors(number) == [], (number, webhooks.errors(number))
+            assert "completed" not in webhooks.statuses(number)
+
+        await hang_up_everything(nodes)
+        results = await asyncio.wait_for(asyncio.gather(*callers), 60)
+        assert all(r.ok for r in results), [r.errors for r in results if not r.ok]
+        for number in numbers:
+            await webhooks.wait_completed(number)
+        # Nothing left to send on the survivor: a duplicate would have been sent by now.
+        await poll(lambda: outbox_empty(survivor), timeout=30)
+        for number in numbers:
+            assert webhooks.statuses(number) == [
+                "started", "ringing", "answered", "completed"], webhooks.statuses(number)
+        await poll(lambda: no_channel_left(nodes), timeout=60)
 
 
 async def _async(value: bool) -> bool:
@@ -312,7 +342,8 @@ async def test_100_callers_over_both_nodes_never_double_book_an_agent(nodes, web
                 for i in range(callers_per_node)))
             assert sum(1 for r in results if r.ok) == 2 * callers_per_node, \
                 [r.errors for r in results if not r.ok][:3]
-            await asyncio.sleep(2)  # the last agents' BYEs reach their traces
+            await poll(lambda: _async(all(calls_ended(a.messages) for a in agents)),
+                       timeout=30)  # the last agents' BYEs are in their traces
             overlaps = 0
             routed = 0
             for agent in agents:
@@ -338,68 +369,56 @@ async def test_redis_restart_calls_go_on_and_readiness_says_so(nodes, webhooks, 
     bridges say they are not ready while it is away, the calls go on meanwhile, nobody
     adopts anybody's calls when it is back, and every call still ends with one completed."""
     calls = 4
-    async with two_bridges(nodes, webhooks, tmp_path, redis.url) as bridges:
-        numbers = [new_number() for _ in range(calls)]
+    async with two_bridges(nodes, webhooks, tmp_path, redis.url) as bridges, \
+            callers_on_hold(nodes, webhooks, calls, timeout_s=120) as (numbers, receivers, callers):
         for number in numbers:
-            webhooks.answer(number, [{"action": "talk", "text": "Please hold.", "loop": 0}])
-        receivers = [await RtpReceiver.open() for _ in numbers]
-        callers = [asyncio.ensure_future(place_call(
-            nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=receivers[i].port,
-            timeout_s=120)) for i, number in enumerate(numbers)]
-        try:
-            for number in numbers:
-                await webhooks.wait_for(lambda n=number: "answered" in webhooks.statuses(n))
+            await webhooks.wait_for(lambda n=number: "answered" in webhooks.statuses(n))
 
-            redis.stop()
-            away_at = time.monotonic()
-            for bridge in bridges:
-                async def not_ready(b: BridgeProcess = bridge) -> bool:
-                    status, body = await readiness(b)
-                    return status == 503 and "call_store" in body["failed"]
+        redis.stop()
+        away_at = time.monotonic()
+        for bridge in bridges:
+            async def not_ready(b: BridgeProcess = bridge) -> bool:
+                status, body = await readiness(b)
+                return status == 503 and "call_store" in body["failed"]
 
-                await poll(not_ready, timeout=10)
-            await asyncio.sleep(max(0.0, 4.0 - (time.monotonic() - away_at)))  # > dead_after_s
-            for receiver in receivers:  # the calls went on without Redis
-                await poll(lambda r=receiver: _async(heard_since(r, away_at + 1.0)), timeout=15)
-            # A caller hangs up meanwhile: its completed waits in the bridge's memory.
-            first = numbers[0]
-            [gone] = await channels_of(nodes[0], first)
-            await ari_hangup(nodes[0], gone)
-            assert (await asyncio.wait_for(callers[0], 30)).ok
-            await asyncio.sleep(1)
-            assert "completed" not in webhooks.statuses(first)
+            await poll(not_ready, timeout=10)
+        await asyncio.sleep(max(0.0, 4.0 - (time.monotonic() - away_at)))  # > dead_after_s
+        for receiver in receivers:  # the calls went on without Redis
+            await poll(lambda r=receiver: _async(heard_since(r, away_at + 1.0)), timeout=15)
+        # A caller hangs up meanwhile: its completed waits in the bridge's memory.
+        first = numbers[0]
+        [gone] = await channels_of(nodes[0], first)
+        await ari_hangup(nodes[0], gone)
+        assert (await asyncio.wait_for(callers[0], 30)).ok
+        await asyncio.sleep(1)
+        assert "completed" not in webhooks.statuses(first)
 
-            redis.start()
-            back_at = time.monotonic()
-            for bridge in bridges:
-                async def ready(b: BridgeProcess = bridge) -> bool:
-                    status, _ = await readiness(b)
-                    return status == 200
+        redis.start()
+        back_at = time.monotonic()
+        for bridge in bridges:
+            async def ready(b: BridgeProcess = bridge) -> bool:
+                status, _ = await readiness(b)
+                return status == 200
 
-                await poll(ready, timeout=20)
-            await asyncio.sleep(5)  # longer than a survivor would wait to adopt
-            adoptions = [(await readiness(b))[1]["cluster"]["adoptions"] for b in bridges]
-            assert adoptions == [0, 0]
-            live = [(await readiness(b))[1]["live_calls"] for b in bridges]
-            assert sum(live) == calls - 1, live
-            await webhooks.wait_completed(first)  # written and delivered once Redis is back
-            for receiver in receivers[1:]:
-                await poll(lambda r=receiver: _async(heard_since(r, back_at)), timeout=15)
-            for number in numbers:
-                assert webhooks.errors(number) == []
+            await poll(ready, timeout=20)
+        await asyncio.sleep(5)  # longer than a survivor would wait to adopt
+        adoptions = [(await readiness(b))[1]["cluster"]["adoptions"] for b in bridges]
+        assert adoptions == [0, 0]
+        live = [(await readiness(b))[1]["live_calls"] for b in bridges]
+        assert sum(live) == calls - 1, live
+        await webhooks.wait_completed(first)  # written and delivered once Redis is back
+        for receiver in receivers[1:]:
+            await poll(lambda r=receiver: _async(heard_since(r, back_at)), timeout=15)
+        for number in numbers:
+            assert webhooks.errors(number) == []
 
-            await hang_up_everything(nodes)
-            results = await asyncio.wait_for(asyncio.gather(*callers), 60)
-            assert all(r.ok for r in results), [r.errors for r in results if not r.ok]
-            for number in numbers:
-                await webhooks.wait_completed(number)
-                assert webhooks.statuses(number) == [
-                    "started", "ringing", "answered", "completed"]
-        finally:
-            for caller in callers:
-                caller.cancel()
-            for receiver in receivers:
-                receiver.close()
+        await hang_up_everything(nodes)
+        results = await asyncio.wait_for(asyncio.gather(*callers), 60)
+        assert all(r.ok for r in results), [r.errors for r in results if not r.ok]
+        for number in numbers:
+            await webhooks.wait_completed(number)
+            assert webhooks.statuses(number) == [
+                "started", "ringing", "answered", "completed"]
 
 
 # ---------------------------------------------------------------------------------- 5
@@ -409,50 +428,38 @@ async def test_sigterm_gives_the_slot_back_and_the_other_bridge_takes_the_calls(
     bridge adopts its calls at once (no waiting for the slot's key to expire); calls placed
     afterwards all reach the bridge that is left."""
     calls = 6
-    async with two_bridges(nodes, webhooks, tmp_path, redis.url) as bridges:
-        numbers = [new_number() for _ in range(calls)]
+    async with two_bridges(nodes, webhooks, tmp_path, redis.url) as bridges, \
+            callers_on_hold(nodes, webhooks, calls, timeout_s=120) as (numbers, receivers, callers):
         for number in numbers:
-            webhooks.answer(number, [{"action": "talk", "text": "Please hold.", "loop": 0}])
-        receivers = [await RtpReceiver.open() for _ in numbers]
-        callers = [asyncio.ensure_future(place_call(
-            nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=receivers[i].port,
-            timeout_s=120)) for i, number in enumerate(numbers)]
-        try:
-            for number in numbers:
-                await webhooks.wait_for(lambda n=number: "answered" in webhooks.statuses(n))
-            live = [(await readiness(b))[1]["live_calls"] for b in bridges]
-            leaving, staying = (bridges if live[0] >= live[1] else bridges[::-1])
+            await webhooks.wait_for(lambda n=number: "answered" in webhooks.statuses(n))
+        live = [(await readiness(b))[1]["live_calls"] for b in bridges]
+        leaving, staying = (bridges if live[0] >= live[1] else bridges[::-1])
 
-            await leaving.stop()
-            assert leaving.proc is not None and leaving.proc.returncode == 0
+        await leaving.stop()
+        assert leaving.proc is not None and leaving.proc.returncode == 0
 
-            async def all_taken() -> bool:
-                return (await readiness(staying))[1]["live_calls"] == calls
+        async def all_taken() -> bool:
+            return (await readiness(staying))[1]["live_calls"] == calls
 
-            await poll(all_taken, timeout=10)
-            assert (await readiness(staying))[1]["cluster"]["adoptions"] == 1
-            taken_at = time.monotonic()
-            for receiver in receivers:
-                await poll(lambda r=receiver: _async(heard_since(r, taken_at)), timeout=20)
+        await poll(all_taken, timeout=10)
+        assert (await readiness(staying))[1]["cluster"]["adoptions"] == 1
+        taken_at = time.monotonic()
+        for receiver in receivers:
+            await poll(lambda r=receiver: _async(heard_since(r, taken_at)), timeout=20)
 
-            later = [new_number() for _ in range(4)]
-            for number in later:
-                webhooks.answer(number, [{"action": "talk", "text": "Hello."}])
-            before = (await readiness(staying))[1]["calls_started"]
-            results = await asyncio.gather(*(place_call(
-                nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=free_port(),
-                timeout_s=30) for i, number in enumerate(later)))
-            assert all(r.ok for r in results), [r.errors for r in results if not r.ok]
-            assert (await readiness(staying))[1]["calls_started"] == before + len(later)
+        later = [new_number() for _ in range(4)]
+        for number in later:
+            webhooks.answer(number, [{"action": "talk", "text": "Hello."}])
+        before = (await readiness(staying))[1]["calls_started"]
+        results = await asyncio.gather(*(place_call(
+            nodes[i % 2].sip_host, nodes[i % 2].sip_port, number, rtp_port=free_port(),
+            timeout_s=30) for i, number in enumerate(later)))
+        assert all(r.ok for r in results), [r.errors for r in results if not r.ok]
+        assert (await readiness(staying))[1]["calls_started"] == before + len(later)
 
-            await hang_up_everything(nodes)
-            await asyncio.wait_for(asyncio.gather(*callers), 60)
-            for number in numbers + later:
-                await webhooks.wait_completed(number)
-                assert webhooks.statuses(number) == [
-                    "started", "ringing", "answered", "completed"], webhooks.statuses(number)
-        finally:
-            for caller in callers:
-                caller.cancel()
-            for receiver in receivers:
-                receiver.close()
+        await hang_up_everything(nodes)
+        await asyncio.wait_for(asyncio.gather(*callers), 60)
+        for number in numbers + later:
+            await webhooks.wait_completed(number)
+            assert webhooks.statuses(number) == [
+                "started", "ringing", "answered", "completed"], webhooks.statuses(number)

@@ -146,6 +146,9 @@ def test_the_ari_state_names_each_link_and_is_down_while_one_is() -> None:
         links = [_Link("a/slot-1", True), _Link("b/slot-1", False),
                  _Link("a/slot-2", True, adopted=True)]
 
+        def links_down(self) -> list[_Link]:
+            return [link for link in self.links if not link.connected]
+
     views = ConsoleViews(RECORDER, [], lambda: Engine(), lambda: _Gateway())  # type: ignore[arg-type,return-value]
     state = views.ari()
     assert state["connected"] is False
