@@ -23,6 +23,12 @@ writes again (the deliverer retries every half second). Until then it exists onl
 process: an outage and a crash of the process together lose it (at most
 ``MAX_UNWRITTEN`` are kept; beyond that the oldest is dropped with an error log).
 
+Memory: the events written by this process are also kept in memory, per call, until they are
+delivered, so the deliverer reads a call's next event from memory rather than from the storage
+(a query per event, a network round trip with Redis). Only a call whose events were written by
+another process (a restart, a slot adopted in a cluster) is read from the storage; so is a call
+whose events no longer fit (at most ``MAX_CACHED`` events are kept in memory).
+
 Restarts: the rows outlive the process. :meth:`EventOutbox.start` picks up every row left by
 a previous process using the same database file and delivers them, in order.
 
@@ -46,6 +52,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import orjson
 import structlog
 
 from bridge import metrics
@@ -64,6 +71,8 @@ from bridge.webhooks.signing import Signer
 MAX_UNWRITTEN = 100_000
 #: How often the deliverer tries again to write them (seconds).
 UNWRITTEN_RETRY_S = 0.5
+#: Written events kept in memory for delivery (see the module docstring).
+MAX_CACHED = 10_000
 
 __all__ = [
     "EventOutbox",
@@ -145,6 +154,25 @@ def backoff_delay(attempts: int, base_s: float, cap_s: float,
     """
     exponent = min(max(attempts - 1, 0), 62)  # 2**62 * base already exceeds any cap
     return rng(0.0, min(cap_s, base_s * (2 ** exponent)))
+
+
+def frozen_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of an event's payload as JSON would give it back (values JSON cannot
+    carry become strings). orjson makes the round trip in microseconds; data it refuses
+    (an integer beyond 64 bits) takes the standard library's slower way."""
+    try:
+        copied = orjson.loads(orjson.dumps(payload, default=str, option=_FREEZE_OPTIONS))
+    except TypeError:
+        copied = json.loads(json.dumps(payload, default=str))
+    if not isinstance(copied, dict):
+        raise TypeError(f"payload must be a JSON object, not {type(payload).__name__}")
+    return copied
+
+
+# Datetimes and dataclasses go through ``default=str`` as with the standard library's json,
+# not orjson's own formats: the stored text stays what earlier releases wrote.
+_FREEZE_OPTIONS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS)
 
 
 def _one(resp: WebhookResponse) -> Outcome:
@@ -247,6 +275,11 @@ class EventOutbox:
         self._unknown_apps: set[str] = set()
         # Events the storage could not take yet, oldest first, with their end_call.
         self._unwritten: deque[tuple[NewOutboxEvent, str | None]] = deque()
+        # The stored events of the calls whose every stored event this process wrote, in
+        # order: delivery reads them here, not from the storage. A call absent from this map
+        # but active is read from the storage.
+        self._cached: dict[str, deque[OutboxEvent]] = {}
+        self._cached_count = 0
         self.delivered = 0
         self.rejected = 0
         self.dropped = 0
@@ -272,9 +305,9 @@ class EventOutbox:
             m = method.upper()
             if m not in ("GET", "POST"):
                 raise ValueError(f"unsupported method {method!r}")
-            # Serialised once, by the storage, before this returns: what is sent, now and
-            # after a restart, is that text, whatever the caller does with its dict later.
-            body = dict(payload)
+            # A copy made through JSON before this returns: what is sent, now and after a
+            # restart, is what the caller posted, whatever it does with its dicts later.
+            body = frozen_payload(payload)
             now = self._clock()
             event = NewOutboxEvent(
                 call_uuid=call_uuid, application_id=app.id, url=url,
@@ -300,22 +333,43 @@ class EventOutbox:
     def _write(self, event: NewOutboxEvent, end_call: str | None) -> bool:
         """Write one event and schedule its call; False when the storage refused it."""
         try:
-            self._storage.outbox_add(event, end_call=end_call)
+            event_id = self._storage.outbox_add(event, end_call=end_call)
         except Exception as exc:
             if not self._unwritten:  # once per outage
                 log.warning("event.write_deferred", call_uuid=event.call_uuid,
                             error=str(exc) or type(exc).__name__)
             return False
         self._count += 1
-        if event.call_uuid not in self._active:
-            self._active.add(event.call_uuid)
-            self._ready.append(event.call_uuid)
+        call_uuid = event.call_uuid
+        if call_uuid not in self._active:
+            self._active.add(call_uuid)
+            self._ready.append(call_uuid)
+            self._cached[call_uuid] = deque()
+        cached = self._cached.get(call_uuid)
+        if cached is not None:
+            if self._cached_count < MAX_CACHED:
+                cached.append(OutboxEvent(**vars(event), id=event_id))
+                self._cached_count += 1
+            else:
+                # Out of room: this call's events are read from the storage from now on.
+                self._uncache(call_uuid)
         return True
 
+    def _uncache(self, call_uuid: str) -> None:
+        cached = self._cached.pop(call_uuid, None)
+        if cached is not None:
+            self._cached_count -= len(cached)
+
+    def _head(self, call_uuid: str) -> OutboxEvent | None:
+        """The oldest undelivered event of a call: from memory when this process wrote all
+        of them, else from the storage."""
+        cached = self._cached.get(call_uuid)
+        if cached is None:
+            return self._storage.outbox_head(call_uuid)
+        return cached[0] if cached else None
+
     def _keep_unwritten(self, event: NewOutboxEvent, end_call: str | None) -> None:
-        # A deep copy, as the storage would have made: the caller may change its dicts.
-        payload = json.loads(json.dumps(event.payload, default=str))
-        self._unwritten.append((dataclasses.replace(event, payload=payload), end_call))
+        self._unwritten.append((event, end_call))
         if len(self._unwritten) > MAX_UNWRITTEN:
             lost, _ = self._unwritten.popleft()
             self.dropped += 1
@@ -348,6 +402,8 @@ class EventOutbox:
         self._active.clear()
         self._ready.clear()
         self._timers.clear()
+        self._cached.clear()
+        self._cached_count = 0
         if self._schedule_stored():
             log.info("events.resumed", calls=len(self._active), events=self._count)
         self._dispatcher = asyncio.get_running_loop().create_task(
@@ -466,9 +522,10 @@ class EventOutbox:
     async def _advance(self, call_uuid: str) -> None:
         """Attempt the oldest event of one call, then schedule what comes next."""
         try:
-            head = self._storage.outbox_head(call_uuid)
+            head = self._head(call_uuid)
             if head is None:
                 self._active.discard(call_uuid)
+                self._uncache(call_uuid)
                 return
             outcome = await self._attempt(head)
             if outcome == "delivered":
@@ -510,12 +567,19 @@ class EventOutbox:
         at = min(now + backoff_delay(attempts, self.retry_base_s, self.retry_cap_s, self._rng),
                  expires)
         self._storage.outbox_retry_later(head.id, attempts, at)
+        cached = self._cached.get(head.call_uuid)
+        if cached and cached[0].id == head.id:
+            cached[0] = dataclasses.replace(head, attempts=attempts, next_attempt_at=at)
         log.info("event.retry_later", call_uuid=head.call_uuid, url=redact_url(head.url),
                  attempts=attempts, in_s=round(at - now, 3))
         self._schedule(head.call_uuid, at)
 
     def _forget(self, head: OutboxEvent) -> None:
         self._storage.outbox_delete(head.id)
+        cached = self._cached.get(head.call_uuid)
+        if cached and cached[0].id == head.id:
+            cached.popleft()
+            self._cached_count -= 1
         self._count -= 1
         self._changed.set()
 

@@ -493,6 +493,88 @@ def test_a_completed_whose_deletion_fails_waits_in_memory_and_is_written_later(
         ("call-a", "completed"), ("call-b", "completed"), ("call-c", "started")]
 
 
+# ------------------------------------------------------------ events kept in memory
+class CountingHeads:
+    """A store that counts the outbox's reads of a call's next event."""
+
+    def __init__(self, inner: CallStorage) -> None:
+        self.inner = inner
+        self.heads = 0
+
+    def outbox_head(self, call_uuid: str) -> Any:
+        self.heads += 1
+        return self.inner.outbox_head(call_uuid)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_events_written_here_are_delivered_from_memory_not_read_back(
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
+    app = application(receiver)
+    counting = CountingHeads(store)
+    events = outbox(counting, client, app)  # type: ignore[arg-type]
+    await events.start()
+    try:
+        payload: dict[str, Any] = {"status": "started", "nested": {"n": 1}}
+        for seq in range(5):
+            assert events.post("call-a", app, receiver.url("/event"), "POST",
+                               {**payload, "seq": seq})
+        payload["nested"]["n"] = 2  # the caller's dict changes after the post: not sent
+        await until(lambda: events.backlog() == 0, "all delivered")
+        assert [b["seq"] for b in receiver.delivered("/event")] == [0, 1, 2, 3, 4]
+        assert {b["nested"]["n"] for b in receiver.delivered("/event")} == {1}
+        assert counting.heads == 0
+        assert store.outbox_events() == []
+    finally:
+        await events.stop()
+
+
+async def test_a_retried_event_kept_in_memory_carries_its_attempts(
+        receiver: Receiver, client: WebhookClient, store: CallStorage) -> None:
+    app = application(receiver)
+    receiver.statuses["/event"] = 503
+    events = outbox(store, client, app, retry_base_s=0.02, retry_cap_s=0.05)
+    await events.start()
+    try:
+        events.post("call-a", app, receiver.url("/event"), "POST", {"seq": 1})
+        await until(lambda: receiver.tried("/event") >= 6, "three failed attempts")
+        [row] = store.outbox_events()
+        assert row.attempts >= 3
+        assert events._head("call-a") == row  # memory and storage agree
+        receiver.statuses["/event"] = 200
+        await until(lambda: events.backlog() == 0, "delivered once it answers")
+        assert receiver.delivered("/event") == [{"seq": 1}]
+    finally:
+        await events.stop()
+
+
+async def test_beyond_the_memory_bound_events_are_read_from_the_storage_in_order(
+        receiver: Receiver, client: WebhookClient, store: CallStorage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.webhooks import outbox as outbox_module
+    monkeypatch.setattr(outbox_module, "MAX_CACHED", 3)
+    app = application(receiver)
+    receiver.gates["/event"] = gate = asyncio.Event()
+    counting = CountingHeads(store)
+    events = outbox(counting, client, app)  # type: ignore[arg-type]
+    await events.start()
+    try:
+        for seq in range(3):  # fills the memory: call-a's first event is held at the gate
+            events.post("call-a", app, receiver.url("/event"), "POST", {"call": "a", "seq": seq})
+        events.post("call-b", app, receiver.url("/event"), "POST", {"call": "b", "seq": 0})
+        events.post("call-a", app, receiver.url("/event"), "POST", {"call": "a", "seq": 3})
+        gate.set()
+        await until(lambda: events.backlog() == 0, "all delivered")
+        delivered = receiver.delivered("/event")
+        assert [b["seq"] for b in delivered if b["call"] == "a"] == [0, 1, 2, 3]
+        assert [b["seq"] for b in delivered if b["call"] == "b"] == [0]
+        assert counting.heads >= 4  # call-a (no longer in memory) and call-b were read back
+        assert events._cached_count == 0 and store.outbox_events() == []
+    finally:
+        await events.stop()
+
+
 # ------------------------------------------------------------ the store's own URLs
 def test_a_store_file_from_before_gets_the_new_columns(tmp_path: Path) -> None:
     path = tmp_path / "calls.sqlite3"
