@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import gc
 import json
 import os
 import signal
@@ -135,21 +134,6 @@ def run_on_loop(main: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
         return runner.run(main)
 
 
-def settle_garbage_collector() -> None:
-    """Once the service is up: what startup built (modules, configuration, the pydantic and
-    aiohttp machinery) lives until exit, so it leaves the collector's generations, and the
-    youngest generation is collected less often. A call allocates many short-lived objects;
-    with the defaults the collector ran several times per call and scanned the whole startup
-    heap at every full collection (4 % of the bridge's CPU at 80 calls/s, with py-spy)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
-#: Allocations between two collections of the youngest generation (Python's default: 700).
-GC_YOUNG_THRESHOLD = 10_000
-
-
 async def _serve_until_signal(service: Any, drain_timeout_s: float) -> None:
     """Serve until SIGTERM or SIGINT, then drain (bounded by ``drain_timeout_s``) and stop.
     A second signal cuts the drain short."""
@@ -160,7 +144,6 @@ async def _serve_until_signal(service: Any, drain_timeout_s: float) -> None:
         loop.add_signal_handler(sig, received.set)
     try:
         await service.start()
-        settle_garbage_collector()
         await received.wait()
         log.info("bridge.draining", drain_timeout_s=drain_timeout_s)
         drain = asyncio.ensure_future(service.drain(drain_timeout_s))

@@ -86,12 +86,6 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(numeric)
     logging.captureWarnings(True)  # warnings.warn(...) lines join the stream as well
-    # No line shows its source file, thread or process: not looking them up spares a walk up
-    # the stack and system calls on every line (the logging HOWTO's "Optimization").
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

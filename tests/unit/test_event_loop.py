@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
 
@@ -30,16 +29,3 @@ def test_switched_off_it_is_asyncios_own_loop() -> None:
 def test_the_environment_switches_it_off() -> None:
     config = load_config(None, environ={"ARI_BRIDGE_SERVICE__UVLOOP": "false"})
     assert config.service.uvloop is False
-
-
-def test_once_up_the_startup_heap_leaves_the_collector_and_young_collections_are_rarer(
-) -> None:
-    from bridge.cli import GC_YOUNG_THRESHOLD, settle_garbage_collector
-    before = gc.get_threshold()
-    try:
-        settle_garbage_collector()
-        assert gc.get_freeze_count() > 1000  # the modules' objects at least
-        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)

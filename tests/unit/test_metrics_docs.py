@@ -122,16 +122,3 @@ def test_the_readme_documents_the_probes_and_the_drain() -> None:
     for needle in ("GET /livez", "GET /readyz", "GET /healthz", "GET /metrics", "SIGTERM",
                    "service.drain_timeout_s", "503"):
         assert needle in section, needle
-
-
-def test_a_cached_series_is_the_one_labels_gives_and_counts_in_the_registry() -> None:
-    from prometheus_client import REGISTRY
-
-    from bridge import metrics
-    name = "ari_bridge_ncco_actions_total"
-    before = REGISTRY.get_sample_value(name, {"action": "talk"}) or 0.0
-    series = metrics.child(metrics.NCCO_ACTIONS, "talk")
-    assert series is metrics.child(metrics.NCCO_ACTIONS, "talk")
-    assert series is metrics.NCCO_ACTIONS.labels(action="talk")
-    series.inc()
-    assert REGISTRY.get_sample_value(name, {"action": "talk"}) == before + 1
