@@ -164,6 +164,10 @@ class Bench:
         self.silence_s = 1.0
         self.results: list[StepResult] = []
         self.report: dict[str, Any] = {}
+        #: Put before the bridge's (or the floor application's) command line, e.g. valgrind
+        #: (bench/instructions.py), with a longer wait for it to become ready.
+        self.bridge_prefix: list[str] = []
+        self.ready_deadline_s = 30.0
 
     # ----------------------------------------------------------- start and stop
     def start(self) -> None:
@@ -217,9 +221,29 @@ class Bench:
         config_file.write_text(json.dumps(config, indent=2) + "\n")  # JSON is valid YAML
         bridge_bin = Path(sys.executable).with_name("ari-bridge")
         extra = dict(item.split("=", 1) for item in self.args.bridge_env)
-        self._spawn("bridge", [str(bridge_bin), "serve", "--config", str(config_file)],
-                    {**self.env_creds, **extra})
-        self._wait_http(f"http://127.0.0.1:{self.bridge_port}/healthz", "bridge")
+        self._spawn("bridge", [*self.bridge_prefix, str(bridge_bin), "serve", "--config",
+                               str(config_file)], {**self.env_creds, **extra})
+        self._wait_http(f"http://127.0.0.1:{self.bridge_port}/healthz", "bridge",
+                        self.ready_deadline_s)
+
+    def start_floor(self) -> None:
+        """Replace the bridge with ``bench/floor_app.py``: the same ARI application, the same
+        wire traffic per call, none of the bridge's own work. Its CPU is counted under
+        ``bridge``."""
+        proc = self.procs.pop("bridge")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        media = max((self.args.state_dir / "media").glob("*.wav"),
+                    key=lambda path: path.stat().st_mtime)
+        self._spawn("bridge", [
+            *self.bridge_prefix, sys.executable, str(BENCH_DIR / "floor_app.py"),
+            "--ari-url", self.lab.ari_url, "--username", self.lab.ari_username,
+            "--app", self.lab.app_name, "--answer-url", f"http://127.0.0.1:{self.app_port}/answer",
+            "--media-file", str(media), "--port", str(self.bridge_port),
+        ], {"ARI_PASSWORD": self.env_creds["ARI_BRIDGE_ARI__PASSWORD"]})
+        self._wait_http(f"http://127.0.0.1:{self.bridge_port}/healthz", "floor application",
+                        self.ready_deadline_s)
+        time.sleep(1.0)  # the event filter is set just after the websocket opens
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARI_BRIDGE_")}
@@ -612,6 +636,12 @@ class Bench:
             say(f"profile bridge at {self.args.quick_rate:g}/s with py-spy ...")
             prof = self.profile(self.args.quick_rate)
             print_profile(prof)
+        if self.args.floor:
+            self.start_floor()
+            self.run_step("floor", "warmup", 5, 1.0)
+            steps["floor"] = self.run_step("floor", "quick", self.args.quick_rate,
+                                           self.args.step_seconds)
+            cpu["floor"] = steps["floor"].cpu_ms_per_call
         bridge_ms = cpu["bridge"].get("bridge", math.nan)
         asterisk_extra_ms = (cpu["bridge"].get("asterisk", math.nan)
                              - cpu["dialplan"].get("asterisk", math.nan))
@@ -808,7 +838,7 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", type=Path, default=Path("/var/tmp/ari-bridge-bench"))
     parser.add_argument("--rates", default=",".join(str(r) for r in DEFAULT_RATES),
@@ -833,11 +863,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="only one --quick-rate step of each variant (under 2 minutes); "
                              "prints the CPU per call of each process as JSON")
+    parser.add_argument("--floor", action="store_true",
+                        help="with --quick: one more step with bench/floor_app.py in place of "
+                             "the bridge (the same ARI and webhook traffic, nothing else)")
     parser.add_argument("--quick-rate", type=float, default=50.0)
     parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the bridge, e.g. "
                              "ARI_BRIDGE_ARI__REST_TRANSPORT=http (repeatable)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if os.geteuid() != 0:
         say("callrate: the rootfs lab needs root")

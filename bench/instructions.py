@@ -1,0 +1,131 @@
+"""Instructions per call: the bridge's work counted exactly, for changes too small for CPU time.
+
+CPU time per call (``bench/callrate.py --quick``) moves by up to 10 % between two runs of the
+same code on a virtual machine, so a change worth 3 % cannot be told from noise. This counts
+the instructions the bridge executes per call instead: the bridge runs under valgrind's
+callgrind tool with instrumentation off, it is switched on for one step of calls at a low
+rate and off again, and the count is divided by the calls. Two runs of the same code agree
+to within about 1 %.
+
+The same flow as ``callrate.py``: sipp calls a number, the bridge asks answer_url (one
+``talk``), rings, answers, plays, hangs up. With ``--floor`` the same step is counted for
+``bench/floor_app.py`` too, the same wire traffic without the bridge's own work.
+
+Run by hand (as root, for the rootfs lab; needs valgrind), never by pytest::
+
+    .venv/bin/python bench/instructions.py [--calls 100] [--rate 2] [--floor]
+                                           [--bridge-env NAME=VALUE] [--json-out FILE]
+
+Instructions are not time: a system call counts as the few instructions that make it, so the
+kernel's share (socket writes, most of all) is not in the figure. Compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+from callrate import Bench, build_parser, say  # noqa: E402
+
+
+def callgrind_control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, stdout=subprocess.DEVNULL,
+                   timeout=120)
+
+
+def totals(out_prefix: Path) -> int:
+    """Instructions (Ir) in the newest callgrind dump written under ``out_prefix``."""
+    dumps = sorted(out_prefix.parent.glob(out_prefix.name + "*"),
+                   key=lambda path: path.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump at {out_prefix}*")
+    for line in dumps[-1].read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dumps[-1]}")
+
+
+def counted(pid: str, out_prefix: Path, during: Any) -> int:
+    """Instructions the process executes while ``during()`` runs."""
+    callgrind_control("--zero", pid)
+    callgrind_control("--instr=on", pid)
+    during()
+    callgrind_control("--instr=off", pid)
+    callgrind_control("--dump", pid)
+    time.sleep(1.0)
+    return totals(out_prefix)
+
+
+def count(bench: Bench, variant: str, rate: float, calls: int, out_prefix: Path
+          ) -> dict[str, Any]:
+    """Instructions per call of one step, less what the process does in the same time with
+    no calls (timers, health checks), counted just before."""
+    pid = str(bench.procs["bridge"].pid)
+    bench.run_step(variant, "warmup", rate, 3 / rate)  # connections, caches, media
+    bench.settle()
+    seconds = calls / rate
+    idle = counted(pid, out_prefix, lambda: time.sleep(seconds))
+    steps = []
+    busy = counted(pid, out_prefix,
+                   lambda: steps.append(bench.run_step(variant, "counted", rate, seconds)))
+    result = steps[0]
+    done = max(1, result.successful + result.failed)
+    # The step runs a little longer than its calls take to start (the last call's media,
+    # sipp's exit); the idle figure is scaled to the step's wall time.
+    idle_share = idle * result.wall_s / seconds
+    return {"calls": done, "failed": result.failed, "wall_s": result.wall_s,
+            "instructions_idle_per_s": round(idle / seconds),
+            "instructions_per_call": round((busy - idle_share) / done)}
+
+
+def main() -> int:
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--calls", type=int, default=100)
+    own.add_argument("--rate", type=float, default=2.0)
+    mine, rest = own.parse_known_args()
+    args = build_parser().parse_args(rest)
+    args.rates = []
+    if os.geteuid() != 0:
+        say("instructions: the rootfs lab needs root")
+        return 2
+    for tool in ("sipp", "valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            say(f"instructions: {tool} is not installed")
+            return 2
+    bench = Bench(args)
+    work = args.state_dir / "run"
+    bench.bridge_prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                           f"--callgrind-out-file={work / 'bridge.callgrind'}"]
+    bench.ready_deadline_s = 300.0
+    report: dict[str, Any] = {"rate": mine.rate, "bridge_env": args.bridge_env}
+    try:
+        bench.start()
+        bench.warm_up()
+        report["bridge"] = count(bench, "bridge", mine.rate, mine.calls,
+                                 work / "bridge.callgrind")
+        say(f"bridge: {report['bridge']}")
+        if args.floor:
+            bench.bridge_prefix[-1] = f"--callgrind-out-file={work / 'floor.callgrind'}"
+            bench.start_floor()
+            report["floor"] = count(bench, "floor", mine.rate, mine.calls,
+                                    work / "floor.callgrind")
+            say(f"floor: {report['floor']}")
+    finally:
+        bench.stop()
+    print(json.dumps(report, indent=2))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
