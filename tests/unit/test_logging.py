@@ -105,3 +105,48 @@ def test_console_lines_show_tracebacks_below_the_line() -> None:
     assert "SystemError: uncaught_crash_marker" in text
     with pytest.raises(json.JSONDecodeError):
         json.loads(text.splitlines()[0])
+
+
+CONSOLE_EVENTS = [
+    {"timestamp": "2026-12-03T10:10:56.289399Z", "level": "info", "event": "call.ended",
+     "logger": "bridge.calls.session", "answered": True, "actions_run": 1, "to": "15551230000",
+     "reason": "x y", "empty": "", "none": None, "nested": {"k": [1, "a"]}, "eq": "a=b",
+     "quote": "it's", "accent": "ünï", "ratio": 1.5},
+    {"timestamp": "T", "level": "critical", "event": "an.event.name.longer.than.thirty.chars",
+     "logger": "x"},
+    {"event": "only.the.event"},
+    {"timestamp": "T", "level": "warning", "event": {"not": "a string"}, "logger_name": "y"},
+    {"timestamp": "T", "level": "error", "event": "with.text", "logger": "l",
+     "exception": "Traceback (most recent call last):\nValueError: v"},
+    {"timestamp": "T", "level": "error", "event": "with.stack", "logger": "l",
+     "stack": "Stack (most recent call last):\n  here"},
+]
+
+
+@pytest.mark.parametrize("event", CONSOLE_EVENTS, ids=lambda e: str(e.get("event"))[:20])
+def test_console_lines_are_those_of_structlogs_console_renderer(event: dict[str, object]) -> None:
+    import structlog
+
+    from bridge.logging import render_console
+
+    reference = structlog.dev.ConsoleRenderer(
+        colors=False, exception_formatter=structlog.dev.plain_traceback)
+    assert render_console(None, "info", dict(event)) == reference(None, "info", dict(event))
+
+
+def test_console_lines_render_exc_info_like_structlog() -> None:
+    import structlog
+
+    from bridge.logging import render_console
+
+    reference = structlog.dev.ConsoleRenderer(
+        colors=False, exception_formatter=structlog.dev.plain_traceback)
+    try:
+        raise KeyError("missing")
+    except KeyError:
+        for exc_info in (True, sys.exc_info()):
+            event = {"timestamp": "T", "level": "error", "event": "api.crashed", "logger": "l",
+                     "exc_info": exc_info, "path": "/v1/calls"}
+            ours = render_console(None, "error", dict(event))
+            assert ours == reference(None, "error", dict(event))
+            assert ours.endswith("KeyError: 'missing'")
