@@ -139,11 +139,9 @@ class SqliteAgentStore(AgentStore):
         return bool(self._tx(take))
 
     async def hold(self, agent: str, owner: str, lease_s: float) -> None:
-        def put(db: sqlite3.Connection, now: float) -> None:
-            db.execute("INSERT OR REPLACE INTO agent_leases VALUES (?, ?, ?)",
-                       (agent, owner, now + lease_s))
-
-        self._tx(put)
+        # One statement is its own transaction: no BEGIN and COMMIT around it.
+        self._db.execute("INSERT OR REPLACE INTO agent_leases VALUES (?, ?, ?)",
+                         (agent, owner, time.time() + lease_s))
 
     async def refresh(self, agent: str, owner: str, lease_s: float) -> bool:
         def extend(db: sqlite3.Connection, now: float) -> bool:

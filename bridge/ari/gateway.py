@@ -175,7 +175,7 @@ class AriGateway(AriConnection, AriVerbs):
             assert self._http is not None
             return await self._http.request(method, path, params, body, channel_id)
         finally:
-            metrics.ARI_REQUEST_SECONDS.labels(method=method, transport=used).observe(
+            metrics.child(metrics.ARI_REQUEST_SECONDS, method, used).observe(
                 time.perf_counter() - started)
 
     async def _get_bytes(self, path: str) -> bytes:

@@ -303,7 +303,7 @@ class CallSession:
         self.log.debug("action.start", action=action.action, position=self.position)
         if RECORDER.on:
             RECORDER.action_started(self.uuid, action.action, self.position, action)
-        metrics.NCCO_ACTIONS.labels(action=action.action).inc()
+        metrics.child(metrics.NCCO_ACTIONS, action.action).inc()
         self._current = asyncio.create_task(runner(self, action), name=f"{action.action}")
         try:
             result = await self._current
@@ -371,7 +371,7 @@ class CallSession:
         # call flow, "always received at the end of a call". The metric counts the final
         # status of an outbound call that never reached anyone.
         reached = self.outbound is None or self.answered is not None
-        metrics.CALLS_ENDED.labels(status="completed" if reached else self.final_status).inc()
+        metrics.child(metrics.CALLS_ENDED, "completed" if reached else self.final_status).inc()
         send_completed = self.app.event_url is not None
         if send_completed:
             # The event and the deletion of the live row are one transaction: after a crash

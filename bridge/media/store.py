@@ -112,6 +112,9 @@ class MediaStore:
         self._flights: dict[str, _Flight] = {}
         # Durations of files already seen, so cache hits skip re-reading headers.
         self._durations: dict[str, float] = {}
+        # Media ids of texts already spoken: the digest (a canonical JSON and a sha256) is
+        # then computed once per text, not on every talk.
+        self._tts_ids: dict[tuple[str, Voice, str, float], str] = {}
 
     # --- public API -----------------------------------------------------------
 
@@ -129,9 +132,15 @@ class MediaStore:
             MediaError: synthesis failed.
         """
         level = normalise_level(level)
-        media_id = _digest(
-            kind="tts", provider=self._tts.name, voice=asdict(voice), text=text, level=level
-        )
+        key = (self._tts.name, voice, text, level)
+        media_id = self._tts_ids.get(key)
+        if media_id is None:
+            media_id = _digest(
+                kind="tts", provider=self._tts.name, voice=asdict(voice), text=text, level=level
+            )
+            if len(self._tts_ids) >= _MAX_REMEMBERED_TEXTS:
+                self._tts_ids.clear()
+            self._tts_ids[key] = media_id
 
         async def produce(tmp_dir: Path, out: Path) -> None:
             raw = tmp_dir / "tts.wav"
@@ -389,6 +398,10 @@ class MediaStore:
                 url=url,
                 sox_bin=self._sox,
             )
+
+
+#: Texts whose media id is remembered (a bound on memory, not on the cache of files).
+_MAX_REMEMBERED_TEXTS = 4096
 
 
 def _digest(**fields: object) -> str:

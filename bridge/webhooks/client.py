@@ -169,7 +169,7 @@ class WebhookClient:
             if not outcome.retryable or attempts >= 2:
                 break
         elapsed_ms = (time.monotonic() - started) * 1000.0
-        metrics.WEBHOOK_SECONDS.labels(kind=kind).observe(elapsed_ms / 1000.0)
+        metrics.child(metrics.WEBHOOK_SECONDS, kind).observe(elapsed_ms / 1000.0)
         if outcome.error is not None:
             metrics.WEBHOOK_FAILURES.labels(
                 kind=kind, reason=failure_reason(outcome.error)).inc()

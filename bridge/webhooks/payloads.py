@@ -9,7 +9,9 @@ from typing import Any
 def timestamp(moment: datetime | None = None) -> str:
     """Vonage's format: ISO 8601, UTC, milliseconds, trailing Z."""
     moment = moment or datetime.now(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Formatted field by field: strftime costs several times more, several times per call.
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z")
 
 
 def status_event(
