@@ -168,13 +168,16 @@ class WebSocketTransport:
         if body is not None:
             message["content_type"] = "application/json"
             message["message_body"] = orjson.dumps(body).decode()
-        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = answer
+        # A plain timer on our own future: asyncio.timeout() would also track and uncancel
+        # the task, four times per call for nothing.
+        timer = loop.call_later(self.timeout_s, _expire, answer)
         try:
             await self.ws.send_str(orjson.dumps(message).decode())
-            async with asyncio.timeout(self.timeout_s):
-                response = await answer
-        except TimeoutError:
+            response = await answer
+        except _NoAnswer:
             raise AriUnavailable(method, path, None,
                                  f"no answer on the websocket within {self.timeout_s} s"
                                  ) from None
@@ -183,6 +186,7 @@ class WebSocketTransport:
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise AriUnavailable(method, path, None, describe(exc)) from None
         finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
         status = int(response.get("status_code") or 0)
         raw = response.get("message_body") or ""
@@ -210,3 +214,12 @@ class WebSocketTransport:
 
 class _SocketClosed(Exception):
     """The websocket closed while a request waited for its answer."""
+
+
+class _NoAnswer(Exception):
+    """No answer to a websocket request within the request timeout."""
+
+
+def _expire(answer: asyncio.Future[dict[str, Any]]) -> None:
+    if not answer.done():
+        answer.set_exception(_NoAnswer())

@@ -38,11 +38,32 @@ class Waiter:
     future: asyncio.Future[tuple[WaitOutcome, Event | None]]
 
     async def wait(self, timeout: float | None) -> tuple[WaitOutcome, Event | None]:
-        """The outcome, waiting at most ``timeout`` seconds (None = no deadline)."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.future), timeout)
-        except TimeoutError:
-            return WaitOutcome.TIMEOUT, None
+        """The outcome, waiting at most ``timeout`` seconds (None = no deadline).
+
+        A timeout (or the caller being cancelled) leaves the subscription's future as it
+        is. That is what ``wait_for(shield(future))`` does; this costs one future and one
+        timer instead of the four futures, a timer and the callbacks of that pair, and
+        every action waits like this several times per call."""
+        future = self.future
+        if not future.done():
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object = None) -> None:
+                if not woken.done():
+                    woken.set_result(None)
+
+            timer = None if timeout is None else loop.call_later(max(0.0, timeout), wake)
+            future.add_done_callback(wake)
+            try:
+                await woken
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                future.remove_done_callback(wake)
+            if not future.done():
+                return WaitOutcome.TIMEOUT, None
+        return future.result()  # CancelledError if the subscription was cancelled
 
     async def event(self, timeout: float | None) -> Event:
         """The awaited event; TimeoutError when it did not come (or the resource went)."""

@@ -71,3 +71,30 @@ async def test_a_tap_wait_that_timed_out_is_forgotten_and_close_cancels_the_rest
     tap.close()
     await asyncio.sleep(0)
     assert open_wait.cancelled()
+
+
+async def test_a_timed_out_or_cancelled_wait_leaves_the_subscription_usable() -> None:
+    waits = EventWaits()
+    waiter = waits.expect(is_type("PlaybackStarted"))
+    assert (await waiter.wait(0.01)) == (WaitOutcome.TIMEOUT, None)
+    task = asyncio.ensure_future(waiter.wait(None))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not waiter.future.done()  # neither the timeout nor the cancellation touched it
+    later = asyncio.ensure_future(waiter.wait(5))
+    await asyncio.sleep(0)
+    waits.dispatch({"type": "PlaybackStarted", "playback": {"id": "p"}})
+    outcome, event = await later
+    assert outcome is WaitOutcome.EVENT and event is not None and event["playback"]["id"] == "p"
+
+
+async def test_waiting_on_a_dropped_subscription_raises_cancelled() -> None:
+    waits = EventWaits()
+    waiter = waits.expect(is_type("PlaybackStarted"))
+    pending = asyncio.ensure_future(waiter.wait(5))
+    await asyncio.sleep(0)
+    waits.close()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
