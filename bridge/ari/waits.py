@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,32 +38,13 @@ class Waiter:
     future: asyncio.Future[tuple[WaitOutcome, Event | None]]
 
     async def wait(self, timeout: float | None) -> tuple[WaitOutcome, Event | None]:
-        """The outcome, waiting at most ``timeout`` seconds (None = no deadline).
-
-        A timeout (or the caller being cancelled) leaves the subscription's future as it
-        is. That is what ``wait_for(shield(future))`` does; this costs one future and one
-        timer instead of the four futures, a timer and the callbacks of that pair, and
-        every action waits like this several times per call."""
-        future = self.future
-        if not future.done():
-            loop = asyncio.get_running_loop()
-            woken: asyncio.Future[None] = loop.create_future()
-
-            def wake(_: object = None) -> None:
-                if not woken.done():
-                    woken.set_result(None)
-
-            timer = None if timeout is None else loop.call_later(max(0.0, timeout), wake)
-            future.add_done_callback(wake)
-            try:
-                await woken
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                future.remove_done_callback(wake)
-            if not future.done():
+        """The outcome, waiting at most ``timeout`` seconds (None = no deadline). A timeout,
+        or the caller being cancelled, leaves the subscription as it is."""
+        if not self.future.done():
+            await _until_one_done((self.future,), timeout)
+            if not self.future.done():
                 return WaitOutcome.TIMEOUT, None
-        return future.result()  # CancelledError if the subscription was cancelled
+        return self.future.result()  # CancelledError if the subscription was cancelled
 
     async def event(self, timeout: float | None) -> Event:
         """The awaited event; TimeoutError when it did not come (or the resource went)."""
@@ -71,6 +52,43 @@ class Waiter:
         if outcome is not WaitOutcome.EVENT or event is None:
             raise TimeoutError(f"no such event ({outcome.value})")
         return event
+
+
+async def first(waiters: Sequence[Waiter], timeout: float | None) -> Waiter | None:
+    """The first of ``waiters`` to resolve within ``timeout`` seconds, or None; when several
+    have, the first in the list. The subscriptions are left as they are."""
+    def resolved() -> Waiter | None:
+        return next((w for w in waiters if w.future.done()), None)
+
+    found = resolved()
+    if found is None:
+        await _until_one_done([w.future for w in waiters], timeout)
+        found = resolved()
+    return found
+
+
+async def _until_one_done(futures: Sequence[asyncio.Future[Any]], timeout: float | None
+                          ) -> None:
+    """Return when one of ``futures`` is done or ``timeout`` seconds have passed, without
+    touching them. One future and one timer: ``wait_for(shield())`` or ``asyncio.wait`` on
+    tasks would cost several futures, tasks and callbacks, several times per call."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = None if timeout is None else loop.call_later(max(0.0, timeout), wake)
+    for future in futures:
+        future.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for future in futures:
+            future.remove_done_callback(wake)
 
 
 class EventWaits:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bridge.ari.waits import EventTap, EventWaits, WaitOutcome, is_type, playback_finished
+from bridge.ari.waits import EventTap, EventWaits, WaitOutcome, first, is_type, playback_finished
 
 
 class RoutingGateway:
@@ -98,3 +98,19 @@ async def test_waiting_on_a_dropped_subscription_raises_cancelled() -> None:
     waits.close()
     with pytest.raises(asyncio.CancelledError):
         await pending
+
+
+async def test_first_of_several_waits_prefers_the_list_order_and_times_out() -> None:
+    waits = EventWaits()
+    finished = waits.expect(playback_finished("p"))
+    started = waits.expect(is_type("PlaybackStarted"))
+    assert await first([finished, started], 0.01) is None
+    assert not finished.future.done() and not started.future.done()
+
+    pending = asyncio.ensure_future(first([finished, started], 5))
+    await asyncio.sleep(0)
+    waits.dispatch({"type": "PlaybackStarted", "playback": {"id": "p"}})
+    assert await pending is started
+    # Both resolved by now: the one listed first wins.
+    waits.dispatch({"type": "PlaybackFinished", "playback": {"id": "p"}})
+    assert await first([finished, started], 0) is finished

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from bridge.ari.errors import AriError
 from bridge.ari.gateway import new_id
-from bridge.ari.waits import Waiter, WaitOutcome, playback_event, playback_finished
+from bridge.ari.waits import WaitOutcome, playback_event, playback_finished
+from bridge.ari.waits import first as first_of
 
 if TYPE_CHECKING:
     from bridge.media import MediaItem
@@ -83,19 +84,6 @@ async def play(
     return await _play_once(call, [media_uri] * loop, duration_s * loop, barge_in, next_id())
 
 
-async def _first(waiters: list[Waiter], timeout_s: float) -> Waiter | None:
-    """The first of ``waiters`` to resolve within ``timeout_s`` seconds, or None."""
-    futures = {asyncio.ensure_future(w.wait(None)): w for w in waiters}
-    try:
-        done, _ = await asyncio.wait(futures, timeout=timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future in futures:
-            future.cancel()
-    # Several may be done at once; the list's order decides (finished before started).
-    return next((w for w in waiters if w.future.done()), None) if done else None
-
-
 async def _play_once(
     call: CallContext, media: list[str], duration_s: float, barge_in: bool, playback_id: str
 ) -> PlayResult:
@@ -113,9 +101,9 @@ async def _play_once(
                 return PlayResult.HANGUP
             raise
         # Queued behind whatever plays on the channel now; then its own length.
-        first = await _first([finished, started, *keys], duration_s + margin_s)
+        first = await first_of([finished, started, *keys], duration_s + margin_s)
         if first is started:
-            first = await _first([finished, *keys], duration_s + margin_s)
+            first = await first_of([finished, *keys], duration_s + margin_s)
         if first is None:
             return PlayResult.TIMEOUT
         outcome, event = first.future.result()
