@@ -19,7 +19,7 @@ async def track_call(store: AgentStore, party: str, owner: str, lease_s: float,
     held = HeldAgents(store, owner, lease_s)
     try:
         await held.hold(key)
-        refresher = asyncio.ensure_future(held.refresh_forever())
+        refresher = asyncio.create_task(held.refresh_forever())
         try:
             await gone.wait()
         finally:

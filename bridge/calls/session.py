@@ -239,7 +239,7 @@ class CallSession:
                 self.status("started")
                 self.status("ringing")
                 # 180 Ringing goes out while the application is asked: neither waits.
-                ring = asyncio.ensure_future(self.gateway.ring(self.channel_id))
+                ring = asyncio.create_task(self.gateway.ring(self.channel_id))
                 # Actions given at creation (an Exotel Connect applet) run instead.
                 actions = list(self.actions) if self.actions else await fetch_answer_ncco(self)
                 with contextlib.suppress(ChannelGone):
