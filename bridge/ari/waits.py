@@ -60,11 +60,13 @@ async def first(waiters: Sequence[Waiter], timeout: float | None) -> Waiter | No
     def resolved() -> Waiter | None:
         return next((w for w in waiters if w.future.done()), None)
 
-    found = resolved()
-    if found is None:
+    if resolved() is None:
         await _until_one_done([w.future for w in waiters], timeout)
-        found = resolved()
-    return found
+    else:
+        # Give the loop a turn even so: a caller that loops on this (a prompt repeated until
+        # the call ends) must let the rest of the process run.
+        await asyncio.sleep(0)
+    return resolved()
 
 
 async def _until_one_done(futures: Sequence[asyncio.Future[Any]], timeout: float | None
