@@ -42,27 +42,49 @@ def callgrind_control(*args: str) -> None:
                    timeout=120)
 
 
-def totals(out_prefix: Path) -> int:
-    """Instructions (Ir) in the newest callgrind dump written under ``out_prefix``."""
-    dumps = sorted(out_prefix.parent.glob(out_prefix.name + "*"),
-                   key=lambda path: path.stat().st_mtime)
-    if not dumps:
-        raise RuntimeError(f"callgrind wrote no dump at {out_prefix}*")
-    for line in dumps[-1].read_text(errors="replace").splitlines():
+def dumps(out_prefix: Path) -> list[Path]:
+    """The callgrind dumps written under ``out_prefix``, oldest first."""
+    return sorted(out_prefix.parent.glob(out_prefix.name + ".*"),
+                  key=lambda path: path.stat().st_mtime)
+
+
+class Counting:
+    """Instructions the process executes inside ``with``: zeroed and switched on at the
+    start, switched off and dumped at the end; ``instructions`` holds the dump's total."""
+
+    def __init__(self, pid: str, out_prefix: Path) -> None:
+        self.pid = pid
+        self.out_prefix = out_prefix
+        self.instructions = 0
+
+    def __enter__(self) -> Counting:
+        callgrind_control("--zero", self.pid)
+        callgrind_control("--instr=on", self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        before = len(dumps(self.out_prefix))
+        callgrind_control("--instr=off", self.pid)
+        callgrind_control("--dump", self.pid)
+        # The dump is written by the process itself, a moment after the request.
+        deadline = time.monotonic() + 60
+        while len(dumps(self.out_prefix)) <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"callgrind wrote no dump at {self.out_prefix}.*")
+            time.sleep(0.1)
+        newest = dumps(self.out_prefix)[-1]
+        while not (total := _totals(newest)):  # the file may still be being written
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no totals in {newest}")
+            time.sleep(0.1)
+        self.instructions = total
+
+
+def _totals(dump: Path) -> int:
+    for line in dump.read_text(errors="replace").splitlines():
         if line.startswith("totals:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dumps[-1]}")
-
-
-def counted(pid: str, out_prefix: Path, during: Any) -> int:
-    """Instructions the process executes while ``during()`` runs."""
-    callgrind_control("--zero", pid)
-    callgrind_control("--instr=on", pid)
-    during()
-    callgrind_control("--instr=off", pid)
-    callgrind_control("--dump", pid)
-    time.sleep(1.0)
-    return totals(out_prefix)
+    return 0
 
 
 def count(bench: Bench, variant: str, rate: float, calls: int, out_prefix: Path
@@ -73,18 +95,17 @@ def count(bench: Bench, variant: str, rate: float, calls: int, out_prefix: Path
     bench.run_step(variant, "warmup", rate, 3 / rate)  # connections, caches, media
     bench.settle()
     seconds = calls / rate
-    idle = counted(pid, out_prefix, lambda: time.sleep(seconds))
-    steps = []
-    busy = counted(pid, out_prefix,
-                   lambda: steps.append(bench.run_step(variant, "counted", rate, seconds)))
-    result = steps[0]
+    with Counting(pid, out_prefix) as idle:
+        time.sleep(seconds)  # the length of the step to come, with no calls
+    with Counting(pid, out_prefix) as busy:
+        result = bench.run_step(variant, "counted", rate, seconds)
     done = max(1, result.successful + result.failed)
     # The step runs a little longer than its calls take to start (the last call's media,
     # sipp's exit); the idle figure is scaled to the step's wall time.
-    idle_share = idle * result.wall_s / seconds
+    idle_share = idle.instructions * result.wall_s / seconds
     return {"calls": done, "failed": result.failed, "wall_s": result.wall_s,
-            "instructions_idle_per_s": round(idle / seconds),
-            "instructions_per_call": round((busy - idle_share) / done)}
+            "instructions_idle_per_s": round(idle.instructions / seconds),
+            "instructions_per_call": round((busy.instructions - idle_share) / done)}
 
 
 def main() -> int:

@@ -78,7 +78,8 @@ async def test_a_timed_out_or_cancelled_wait_leaves_the_subscription_usable() ->
     waiter = waits.expect(is_type("PlaybackStarted"))
     assert (await waiter.wait(0.01)) == (WaitOutcome.TIMEOUT, None)
     task = asyncio.ensure_future(waiter.wait(None))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the task is now waiting
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
