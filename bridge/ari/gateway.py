@@ -15,7 +15,6 @@ connect), requests go over HTTP, like the probe and the reconnect path.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -34,6 +33,7 @@ from bridge.ari.rest import (
 from bridge.ari.routing import SUBSCRIBED_EVENTS, Event, EventHandler, EventRouter
 from bridge.ari.verbs import AriVerbs
 from bridge.config import AriConfig
+from bridge.ids import random_uuid
 
 __all__ = [
     "SUBSCRIBED_EVENTS",
@@ -50,7 +50,7 @@ log = structlog.get_logger(__name__)
 def new_id() -> str:
     """Ids we hand to Asterisk (channels, playbacks, recordings): generated here, so that we
     can subscribe to a resource before asking Asterisk to create it."""
-    return str(uuid.uuid4())
+    return random_uuid()
 
 
 class AriGateway(AriConnection, AriVerbs):

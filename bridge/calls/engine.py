@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +38,7 @@ from bridge.calls.store import CallRecord, CallStorage
 from bridge.config import ApplicationConfig, AriConfig, Config
 from bridge.dial.dialer import Dialer
 from bridge.exotel import applet as exotel_applet
+from bridge.ids import random_uuid
 from bridge.media import MediaStore
 from bridge.media.asr import AsrProvider
 from bridge.media.files import FileStore
@@ -260,8 +260,8 @@ class CallEngine:
             self._run_task(link.gateway.hangup(channel_id, "unallocated"))
             return
         record = CallRecord(
-            uuid=str(uuidlib.uuid4()),
-            conversation_uuid="CON-" + str(uuidlib.uuid4()),
+            uuid=random_uuid(),
+            conversation_uuid="CON-" + random_uuid(),
             channel_id=channel_id,
             application_id=app.id,
             direction="inbound",
@@ -313,8 +313,8 @@ class CallEngine:
         app = self.application(request.application_id)  # KeyError for an unknown one
         link = self._link_for_new_call()
         record = CallRecord(
-            uuid=str(uuidlib.uuid4()),
-            conversation_uuid="CON-" + str(uuidlib.uuid4()),
+            uuid=random_uuid(),
+            conversation_uuid="CON-" + random_uuid(),
             channel_id=new_id(),
             application_id=app.id,
             direction="outbound",

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import enum
 import time
-import uuid as uuidlib
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +25,7 @@ from bridge.calls.outbound import OutboundCall, dial_out
 from bridge.calls.store import CallRecord, CallStorage
 from bridge.config import ApplicationConfig
 from bridge.dial.dialer import Leg
+from bridge.ids import name_uuid
 from bridge.ncco.actions._playback import stop_leftover_playbacks
 from bridge.ncco.context import CallServices, Runner
 from bridge.ncco.dtmf import DtmfBuffer
@@ -184,10 +184,8 @@ class CallSession:
         between the two). Derived from the call and the action's place in its NCCO, not
         random: a bridge that resumes the call after a restart knows them, and stops what its
         predecessor left playing (a talk with ``loop: 0`` queues a long chunk)."""
-        namespace = uuidlib.UUID(self.uuid)
         place = f"playback:{self.replacements}:{self.position}"
-        return (str(uuidlib.uuid5(namespace, place + ":0")),
-                str(uuidlib.uuid5(namespace, place + ":1")))
+        return name_uuid(self.uuid, place + ":0"), name_uuid(self.uuid, place + ":1")
 
     async def ensure_answered(self) -> None:
         """Answer the channel once, the first time an action needs media."""

@@ -14,7 +14,7 @@ The layers, top to bottom (a module may import from its own layer and the ones b
     ncco (models, context, replies, the WebSocket leg)
     media | dial
     ari | webhooks | agents | cluster
-    config, logging, metrics
+    config, logging, metrics, ids
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bridge.ncco",),
     ("bridge.media", "bridge.dial"),
     ("bridge.ari", "bridge.webhooks", "bridge.agents", "bridge.cluster"),
-    ("bridge.config", "bridge.logging", "bridge.metrics", "bridge"),
+    ("bridge.config", "bridge.logging", "bridge.metrics", "bridge.ids", "bridge"),
 ]
 
 
