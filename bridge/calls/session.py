@@ -358,8 +358,13 @@ class CallSession:
         await self._stop_background()
         if not self.gone.is_set():
             # We hung up; wait (bounded) for Asterisk to confirm so the duration is right.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.gone.wait(), 5)
+            # A wait for no event resolves when the channel is gone: one future and a timer,
+            # where wait_for(gone.wait()) would start a task as well.
+            confirmed = self._waits.expect(_no_event)
+            try:
+                await confirmed.wait(5)
+            finally:
+                self._waits.cancel(confirmed)
         ended = datetime.now(UTC)
         self.log.info("call.ended", direction=self.direction, to=self.record.to_number,
                       answered=self.answered is not None, disconnected_by=self.disconnected_by,
@@ -390,6 +395,10 @@ class CallSession:
         self.state = new
         if RECORDER.on:
             RECORDER.call_state(self.uuid, new.value, event, self.final_status, self.hangup_cause)
+
+
+def _no_event(_: Event) -> bool:
+    return False
 
 
 __all__ = ["CallSession", "CallState"]

@@ -30,6 +30,8 @@ every failed one to ``WEBHOOK_FAILURES``, labelled with the caller's ``kind`` (o
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -65,6 +67,13 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Default response body cap in bytes (1 MiB)."""
 
 _READ_CHUNK = 64 * 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for one pair of limits (an application has one or two pairs)."""
+    return aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s,
+                                 sock_read=read_s)
 
 
 def default_user_agent() -> str:
@@ -184,15 +193,17 @@ class WebhookClient:
         )
         if RECORDER.on:
             RECORDER.webhook(req, resp, kind, signed=signer is not None)
-        (log.debug if resp.ok else log.warning)(
-            "webhook request",
-            method=req.method,
-            url=redact_url(req.url),
-            status=resp.status,
-            attempts=attempts,
-            elapsed_ms=round(elapsed_ms, 1),
-            error=resp.error,
-        )
+        # A successful request is a debug line: its fields are not even built at info level.
+        if not resp.ok or log.is_enabled_for(logging.DEBUG):
+            (log.debug if resp.ok else log.warning)(
+                "webhook request",
+                method=req.method,
+                url=redact_url(req.url),
+                status=resp.status,
+                attempts=attempts,
+                elapsed_ms=round(elapsed_ms, 1),
+                error=resp.error,
+            )
         return resp
 
     async def send_with_fallback(
@@ -285,12 +296,7 @@ class WebhookClient:
         if signer is not None:
             headers[aiohttp.hdrs.AUTHORIZATION] = f"Bearer {signer.token(body)}"
 
-        client_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=timeouts.connect_s,
-            sock_connect=timeouts.connect_s,
-            sock_read=timeouts.read_s,
-        )
+        client_timeout = _client_timeout(timeouts.connect_s, timeouts.read_s)
         try:
             # Overall bound: connecting can take at most connect_s (enforced above), so
             # hitting this deadline means the response took longer than read_s.
@@ -324,9 +330,12 @@ class WebhookClient:
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         """Read the body streaming; ``(b"", True)`` as soon as it exceeds the cap."""
         cap = self.max_body_bytes
-        if resp.content_length is not None and resp.content_length > cap:
-            resp.close()
-            return b"", True
+        if resp.content_length is not None:
+            if resp.content_length > cap:
+                resp.close()
+                return b"", True
+            # The usual answer: its length is known and allowed, read it in one go.
+            return await resp.read(), False
         buf = bytearray()
         while True:
             chunk = await resp.content.read(min(_READ_CHUNK, cap + 1 - len(buf)))

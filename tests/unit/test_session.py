@@ -315,3 +315,25 @@ async def test_resumed_call_stops_the_previous_bridges_playback_before_playing_a
     h.gateway.emit({"type": "StasisEnd", "channel": {"id": CHANNEL}})
     await h.until(lambda: session.state is CallState.ENDED)
     assert h.errors() == []
+
+
+async def test_after_our_hangup_the_call_ends_when_asterisk_confirms_it(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [{"action": "talk", "text": "bye"}])
+    confirm = asyncio.Event()
+
+    async def hangup_confirmed_later(channel_id: str, reason: str = "normal") -> None:
+        h.gateway.calls.append(("hangup", reason))
+        confirm.set()  # the StasisEnd comes later, as from a real Asterisk
+
+    h.gateway.hangup = hangup_confirmed_later  # type: ignore[method-assign]
+    session = h.start_call()
+    await confirm.wait()
+    await asyncio.sleep(0.2)
+    assert session.state is not CallState.ENDED  # still waiting for the confirmation
+    assert "completed" not in h.statuses()
+    h.gateway.emit({"type": "StasisEnd", "channel": {"id": CHANNEL}})
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert h.statuses() == ["started", "ringing", "answered", "completed"]
+    completed = h.outbox.payloads[-1]
+    assert completed["disconnected_by"] == "platform"
+    assert int(completed["duration"]) >= 0

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import importlib
 import json
+import logging
 import socket
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -534,3 +535,20 @@ async def test_log_lines_hide_query_token_and_secret(server: Server, client: Web
     text = repr(logs)
     assert SECRET not in text and "Bearer" not in text and "4477" not in text
     assert redact_url("https://u:p@h.example/p?q=1#f") == "https://h.example/p"
+
+
+async def test_a_successful_request_is_a_debug_line_not_built_at_info(
+        server: Server, client: WebhookClient) -> None:
+    url = server.on("/answer", respond(body=[]))
+    saved = structlog.get_config()
+    try:
+        for level, expected in ((logging.INFO, 0), (logging.DEBUG, 1)):
+            structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+            with structlog.testing.capture_logs() as logs:
+                resp = await client.send(WebhookRequest(url, "GET", {}), NORMAL)
+            assert resp.ok
+            lines = [e for e in logs if e["event"] == "webhook request"]
+            assert len(lines) == expected, (level, logs)
+        assert lines[0]["log_level"] == "debug" and lines[0]["status"] == 200
+    finally:
+        structlog.configure(**saved)
