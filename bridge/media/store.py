@@ -110,8 +110,8 @@ class MediaStore:
         self._ffmpeg = ffmpeg_bin
         self._sox = sox_bin
         self._flights: dict[str, _Flight] = {}
-        # Durations of files already seen, so cache hits skip re-reading headers.
-        self._durations: dict[str, float] = {}
+        # Files already seen (path and duration), so cache hits skip re-reading headers.
+        self._known: dict[str, MediaItem] = {}
         # Media ids of texts already spoken: the digest (a canonical JSON and a sha256) is
         # then computed once per text, not on every talk.
         self._tts_ids: dict[tuple[str, Voice, str, float], str] = {}
@@ -233,19 +233,23 @@ class MediaStore:
         return self.root / f"{media_id}.wav"
 
     def _cached(self, media_id: str) -> MediaItem | None:
+        known = self._known.get(media_id)
+        if known is not None:
+            # The usual hit (a prompt every call plays): one stat, no path arithmetic.
+            if os.path.isfile(known.path):
+                return known
+            # Deleted behind our back (cache pruning): forget it.
+            del self._known[media_id]
+            return None
         path = self._final_path(media_id)
         if not path.is_file():
-            # Deleted behind our back (cache pruning): forget the duration too.
-            self._durations.pop(media_id, None)
             return None
-        duration = self._durations.get(media_id)
-        if duration is None:
-            try:
-                duration = read_wav_info(path).duration_s
-            except (ValueError, OSError):
-                return None
-            self._durations[media_id] = duration
-        return MediaItem(media_id, path, duration)
+        try:
+            duration = read_wav_info(path).duration_s
+        except (ValueError, OSError):
+            return None
+        item = self._known[media_id] = MediaItem(media_id, path, duration)
+        return item
 
     async def _get_or_produce(
         self, media_id: str, produce: Callable[[Path, Path], Awaitable[None]]
@@ -311,8 +315,8 @@ class MediaStore:
                     f"{info.sample_width_bytes * 8} bit; wanted {SAMPLE_RATE_HZ} Hz mono 16 bit",
                 )
             os.replace(out, final)
-        self._durations[media_id] = info.duration_s
-        return MediaItem(media_id, final, info.duration_s)
+        item = self._known[media_id] = MediaItem(media_id, final, info.duration_s)
+        return item
 
     # --- downloads ------------------------------------------------------------
 

@@ -385,6 +385,18 @@ async def test_tts_cache_skips_provider(tmp_path: Path) -> None:
     assert len(names) == 3 and all(n.endswith(".wav") and not n.startswith(".") for n in names)
 
 
+async def test_a_cached_file_deleted_behind_the_store_s_back_is_made_again(
+        tmp_path: Path) -> None:
+    tts = CountingTts(EspeakTts())
+    async with MediaStore(tmp_path, tts) as store:
+        first = await store.tts(SHORT, EN_US_F)
+        assert (await store.tts(SHORT, EN_US_F)) == first and tts.calls == 1
+        first.path.unlink()  # an operator pruning the cache
+        again = await store.tts(SHORT, EN_US_F)
+        assert tts.calls == 2
+        assert again == first and again.path.is_file()
+
+
 async def test_tts_concurrent_identical_requests_synthesize_once(tmp_path: Path) -> None:
     tts = CountingTts(EspeakTts())
     async with MediaStore(tmp_path, tts) as store:
