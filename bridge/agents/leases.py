@@ -59,11 +59,19 @@ class HeldAgents:
         for agent in list(self.agents):
             await self.release(agent)
 
-    async def refresh_forever(self) -> None:
-        interval = max(self.lease_s / 3, 0.05)
+    @property
+    def refresh_interval(self) -> float:
+        """How often leases are extended: a third of their length."""
+        return max(self.lease_s / 3, 0.05)
+
+    async def refresh_forever(self, first_after: float | None = None) -> None:
+        """Extend every lease now and then, forever (cancel to stop). ``first_after``: the
+        first extension comes after that many seconds instead of one interval."""
+        interval = self.refresh_interval
+        await asyncio.sleep(interval if first_after is None else first_after)
         while True:
-            await asyncio.sleep(interval)
             for agent in list(self.agents):
                 with contextlib.suppress(Exception):
                     if not await self.store.refresh(agent, self.owner, self.lease_s):
                         log.warning("agents.lease_lapsed", agent=agent, owner=self.owner)
+            await asyncio.sleep(interval)

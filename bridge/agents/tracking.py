@@ -17,12 +17,27 @@ async def track_call(store: AgentStore, party: str, owner: str, lease_s: float,
     if not key:
         return
     held = HeldAgents(store, owner, lease_s)
+    refresher: asyncio.Task[None] | None = None
+
+    def start_refreshing() -> None:
+        nonlocal refresher
+        refresher = asyncio.create_task(held.refresh_forever(first_after=0.0))
+
     try:
         await held.hold(key)
-        refresher = asyncio.create_task(held.refresh_forever())
+        # Most calls end before their lease needs extending: until then a timer stands in
+        # for the refreshing task (every call would otherwise start and cancel one).
+        timer = asyncio.get_running_loop().call_later(held.refresh_interval, start_refreshing)
         try:
             await gone.wait()
         finally:
-            refresher.cancel()
-    finally:
+            timer.cancel()
+            if refresher is not None:
+                refresher.cancel()
+    except BaseException:
+        # Cancelled (shutdown) or failed: release even if cancelled again meanwhile.
         await asyncio.shield(held.release_all())
+        raise
+    # The call ended: nothing cancels this task now but a shutdown at this very moment,
+    # which leaves the lease to expire, as a crash does.
+    await held.release_all()

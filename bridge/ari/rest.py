@@ -147,9 +147,16 @@ class WebSocketTransport:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> None:
         self.ws = ws
         self.timeout_s = timeout_s
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Request id -> (its answer, its deadline on the loop's clock).
+        self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], float]] = {}
         self._ids = itertools.count(1)
         self._closed_because: str | None = None
+        # Deadlines are checked by one sweep a few times per timeout, not by a timer per
+        # request: four requests per call would otherwise start and cancel four timers. A
+        # request that gets no answer fails between timeout_s and 1.25 x timeout_s.
+        self._sweep_every = timeout_s / 4
+        self._sweep: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def pending(self) -> int:
@@ -168,12 +175,13 @@ class WebSocketTransport:
         if body is not None:
             message["content_type"] = "application/json"
             message["message_body"] = orjson.dumps(body).decode()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         answer: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending[request_id] = answer
-        # A plain timer on our own future: asyncio.timeout() would also track and uncancel
-        # the task, four times per call for nothing.
-        timer = loop.call_later(self.timeout_s, _expire, answer)
+        self._pending[request_id] = (answer, loop.time() + self.timeout_s)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self._sweep_every, self._expire_overdue)
         try:
             await self.ws.send_str(orjson.dumps(message).decode())
             response = await answer
@@ -186,7 +194,6 @@ class WebSocketTransport:
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise AriUnavailable(method, path, None, describe(exc)) from None
         finally:
-            timer.cancel()
             self._pending.pop(request_id, None)
         status = int(response.get("status_code") or 0)
         raw = response.get("message_body") or ""
@@ -197,17 +204,32 @@ class WebSocketTransport:
     def resolve(self, response: dict[str, Any]) -> bool:
         """Hand an answer to its request; False when nobody waits for it (timed out, or a
         request Asterisk could not parse, which comes back without our id)."""
-        waiter = self._pending.pop(str(response.get("request_id") or ""), None)
-        if waiter is None or waiter.done():
+        pending = self._pending.pop(str(response.get("request_id") or ""), None)
+        if pending is None or pending[0].done():
             return False
-        waiter.set_result(response)
+        pending[0].set_result(response)
         return True
+
+    def _expire_overdue(self) -> None:
+        """The sweep: fail the requests past their deadline; run again while any wait."""
+        self._sweep = None
+        if self._loop is None:
+            return
+        now = self._loop.time()
+        for answer, deadline in list(self._pending.values()):
+            if deadline <= now and not answer.done():
+                answer.set_exception(_NoAnswer())
+        if self._pending and self._closed_because is None:
+            self._sweep = self._loop.call_later(self._sweep_every, self._expire_overdue)
 
     def fail_all(self, reason: str) -> None:
         """The socket is gone: no answer will come for the requests still waiting."""
         self._closed_because = reason
         pending, self._pending = self._pending, {}
-        for waiter in pending.values():
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for waiter, _ in pending.values():
             if not waiter.done():
                 waiter.set_exception(_SocketClosed(reason))
 
@@ -219,7 +241,3 @@ class _SocketClosed(Exception):
 class _NoAnswer(Exception):
     """No answer to a websocket request within the request timeout."""
 
-
-def _expire(answer: asyncio.Future[dict[str, Any]]) -> None:
-    if not answer.done():
-        answer.set_exception(_NoAnswer())

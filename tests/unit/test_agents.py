@@ -168,6 +168,35 @@ async def test_track_call_holds_until_the_call_is_gone(store: AgentStore) -> Non
     assert not await store.is_busy("15550001")
 
 
+async def test_a_call_longer_than_its_lease_keeps_the_party_busy(store: AgentStore) -> None:
+    gone = asyncio.Event()
+    task = asyncio.ensure_future(track_call(store, "+15550002", "call:2", 0.6, gone))
+    deadline = time.monotonic() + 5
+    while not await store.is_busy("15550002"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    # Close to three lease lengths: only the refreshes keep the lease alive.
+    for _ in range(8):
+        await asyncio.sleep(0.2)
+        assert await store.is_busy("15550002")
+    gone.set()
+    await asyncio.wait_for(task, 5)
+    assert not await store.is_busy("15550002")
+
+
+async def test_a_cancelled_tracking_releases_the_party(store: AgentStore) -> None:
+    gone = asyncio.Event()
+    task = asyncio.ensure_future(track_call(store, "+15550003", "call:3", 30, gone))
+    deadline = time.monotonic() + 5
+    while not await store.is_busy("15550003"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not await store.is_busy("15550003")
+
+
 async def test_sticky_mapping_lives_for_its_ttl(store: AgentStore) -> None:
     await store.set_sticky("caller-1", "agent-7", 30)
     await store.set_sticky("caller-2", "agent-8", 0.2)
