@@ -7,7 +7,15 @@ import json
 import pytest
 
 from bridge.ncco.actions import check
-from bridge.ncco.models import Connect, Input, NccoError, Talk, parse_ncco, parse_ncco_bytes
+from bridge.ncco.models import (
+    MAX_JSON_DEPTH,
+    Connect,
+    Input,
+    NccoError,
+    Talk,
+    parse_ncco,
+    parse_ncco_bytes,
+)
 
 # The JSON samples of the NCCO reference (2017) and of the dynamic-connect announcement,
 # verbatim, including their string-typed numbers and booleans.
@@ -135,3 +143,19 @@ def test_runtime_checks_name_unsupported_actions_and_unknown_voices() -> None:
     with pytest.raises(NccoError, match=r"\[0\]\.voiceName: voiceName 'Bob'"):
         check(parse_ncco([{"action": "talk", "text": "hi", "voiceName": "Bob"}]))
     check(parse_ncco(json.loads(SEED_SAMPLES[9])))  # talk + barge-in talk + input: runnable
+
+
+def test_nesting_is_judged_the_same_from_bytes_whatever_the_brackets_in_strings() -> None:
+    talk = {"action": "talk", "text": "[" * 200 + "{" * 200}  # brackets in a string
+    assert len(parse_ncco_bytes(json.dumps([talk]).encode())) == 1
+    deep: object = "x"
+    for _ in range(MAX_JSON_DEPTH):
+        deep = [deep]
+    too_deep = [{"action": "notify", "payload": {"a": deep}, "eventUrl": ["http://h/e"]}]
+    with pytest.raises(NccoError, match="nest"):
+        parse_ncco_bytes(json.dumps(too_deep).encode())
+    within: object = "x"
+    for _ in range(MAX_JSON_DEPTH - 4):
+        within = [within]
+    ok = [{"action": "notify", "payload": {"a": within}, "eventUrl": ["http://h/e"]}]
+    assert len(parse_ncco_bytes(json.dumps(ok).encode())) == 1
