@@ -1,9 +1,8 @@
 """Identifiers as strings: random (version 4) and name-based (version 5) UUIDs.
 
 The same values ``str(uuid.uuid4())`` and ``str(uuid.uuid5(namespace, name))`` give, without
-building ``uuid.UUID`` objects: its constructor checks and converts in Python, and a call made
-five of them (two ids for the call, two derived playback ids and their namespace), about 2 % of
-the bridge's work per call (``bench/instructions.py``).
+building ``uuid.UUID`` objects: its constructor checks and converts in Python, and every call
+made five of them (its two ids, its two derived playback ids and their namespace).
 """
 
 from __future__ import annotations

@@ -334,8 +334,11 @@ class WebhookClient:
             if resp.content_length > cap:
                 resp.close()
                 return b"", True
-            # The usual answer: its length is known and allowed, read it in one go.
-            return await resp.read(), False
+            if resp.headers.get(aiohttp.hdrs.CONTENT_ENCODING, "identity") == "identity":
+                # The usual answer: its length is known and allowed, read it in one go. (A
+                # compressed body is read in chunks below: its length says nothing about
+                # what it inflates to.)
+                return await resp.read(), False
         buf = bytearray()
         while True:
             chunk = await resp.content.read(min(_READ_CHUNK, cap + 1 - len(buf)))

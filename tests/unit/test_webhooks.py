@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import hmac
 import importlib
@@ -340,6 +341,32 @@ async def test_body_over_cap_streamed(server: Server) -> None:
     async with WebhookClient(max_body_bytes=1000) as c:
         resp = await c.send(WebhookRequest(url, "GET", {}), NORMAL)
     assert resp.error == "body exceeds 1000 bytes" and resp.attempts == 1
+
+
+async def test_a_small_compressed_body_that_inflates_past_the_cap_is_refused(
+        server: Server) -> None:
+    inflated = b"[" + b" " * 50_000 + b"]"
+    packed = gzip.compress(inflated)
+    assert len(packed) < 1000  # its Content-Length is within the cap
+
+    async def compressed(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=packed, content_type="application/json",
+                            headers={"Content-Encoding": "gzip"})
+
+    url = server.on("/answer", compressed)
+    async with WebhookClient(max_body_bytes=1000) as c:
+        resp = await c.send(WebhookRequest(url, "GET", {}), NORMAL)
+        assert resp.error == "body exceeds 1000 bytes" and resp.attempts == 1
+        # Within the cap once inflated, it is read and decoded.
+        small = b"[" + b" " * 500 + b"]"
+        server.on("/small", lambda request: _gzipped(small))
+        ok = await c.send(WebhookRequest(server.url("/small"), "GET", {}), NORMAL)
+    assert ok.ok and ok.body == small
+
+
+async def _gzipped(body: bytes) -> web.StreamResponse:
+    return web.Response(body=gzip.compress(body), content_type="application/json",
+                        headers={"Content-Encoding": "gzip"})
 
 
 async def test_body_at_cap_is_accepted(server: Server) -> None:
