@@ -66,7 +66,9 @@ class AriConfig(_Strict):
     username: str = "ari-bridge"
     password: SecretStr = SecretStr("")
     app: str = "ari-bridge"
-    request_timeout_s: float = Field(5.0, gt=0, le=60)
+    request_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="seconds an ARI request may wait for its answer (on the "
+        "event websocket, checked every quarter of it: it fails within 1.25 times it)")
     reconnect_min_s: float = Field(
         0.5, gt=0, description="first backoff step after a lost connection (doubles, jittered)")
     reconnect_max_s: float = Field(
