@@ -34,8 +34,10 @@ class HeldAgents:
         return False
 
     async def hold(self, agent: str) -> None:
-        await self.store.hold(agent, self.owner, self.lease_s)
+        # Counted as held before the store answers: a call cancelled while the answer is on
+        # its way (Redis) still releases the lease the store has already written.
         self._add(agent)
+        await self.store.hold(agent, self.owner, self.lease_s)
 
     def _add(self, agent: str) -> None:
         if agent not in self.agents:
