@@ -838,6 +838,28 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def step_tool_args(name: str, calls: int, rate: float, tools: tuple[str, ...] = ()
+                   ) -> tuple[argparse.Namespace, argparse.Namespace] | None:
+    """The arguments of a tool that measures one step of calls: its own ``--calls`` and
+    ``--rate``, then this script's. None (the reason said) when it cannot run here: the
+    rootfs lab needs root, and sipp and ``tools`` must be installed."""
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--calls", type=int, default=calls)
+    own.add_argument("--rate", type=float, default=rate)
+    mine, rest = own.parse_known_args()
+    args = build_parser().parse_args(rest)
+    args.rates = []
+    if os.geteuid() != 0:
+        say(f"{name}: the rootfs lab needs root")
+        return None
+    for tool in ("sipp", *tools):
+        if shutil.which(tool) is None:
+            say(f"{name}: {tool} is not installed"
+                + (" (package sip-tester)" if tool == "sipp" else ""))
+            return None
+    return mine, args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", type=Path, default=Path("/var/tmp/ari-bridge-bench"))

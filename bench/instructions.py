@@ -22,10 +22,7 @@ kernel's share (socket writes, most of all) is not in the figure. Compare like w
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +31,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from callrate import Bench, build_parser, say  # noqa: E402
+from callrate import Bench, say, step_tool_args  # noqa: E402
 
 
 def callgrind_control(*args: str) -> None:
@@ -109,19 +106,10 @@ def count(bench: Bench, variant: str, rate: float, calls: int, out_prefix: Path
 
 
 def main() -> int:
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--calls", type=int, default=100)
-    own.add_argument("--rate", type=float, default=2.0)
-    mine, rest = own.parse_known_args()
-    args = build_parser().parse_args(rest)
-    args.rates = []
-    if os.geteuid() != 0:
-        say("instructions: the rootfs lab needs root")
+    parsed = step_tool_args("instructions", 100, 2.0, ("valgrind", "callgrind_control"))
+    if parsed is None:
         return 2
-    for tool in ("sipp", "valgrind", "callgrind_control"):
-        if shutil.which(tool) is None:
-            say(f"instructions: {tool} is not installed")
-            return 2
+    mine, args = parsed
     bench = Bench(args)
     work = args.state_dir / "run"
     bench.bridge_prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no",

@@ -14,7 +14,6 @@ Run by hand (as root, for the rootfs lab), never by pytest::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from callrate import Bench, build_parser, say  # noqa: E402
+from callrate import Bench, step_tool_args  # noqa: E402
 
 #: Loaded by the bridge at start. SIGUSR1 zeroes the figures, SIGUSR2 writes them as JSON.
 TIMING_MODULE = '''
@@ -60,18 +59,10 @@ signal.signal(signal.SIGUSR2, _write)
 
 
 def main() -> int:
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--calls", type=int, default=1000)
-    own.add_argument("--rate", type=float, default=50.0)
-    mine, rest = own.parse_known_args()
-    args = build_parser().parse_args(rest)
-    args.rates = []
-    if os.geteuid() != 0:
-        say("store_statements: the rootfs lab needs root")
+    parsed = step_tool_args("store_statements", 1000, 50.0)
+    if parsed is None:
         return 2
-    if shutil.which("sipp") is None:
-        say("store_statements: sipp is not installed (package sip-tester)")
-        return 2
+    mine, args = parsed
     scratch = Path(tempfile.mkdtemp(prefix="store-statements-"))
     (scratch / "sitecustomize.py").write_text(TIMING_MODULE)
     out = scratch / "statements.json"

@@ -156,13 +156,18 @@ async def test_held_agents_release_on_every_path(store: AgentStore) -> None:
     assert not await store.is_busy("x1") and not await store.is_busy("x2")
 
 
+async def until_busy(store: AgentStore, agent: str) -> None:
+    """Poll (deadline 5 s) until ``agent`` is busy: tracking holds it from its own task."""
+    deadline = time.monotonic() + 5
+    while not await store.is_busy(agent):
+        assert time.monotonic() < deadline, f"{agent} never became busy"
+        await asyncio.sleep(0.01)
+
+
 async def test_track_call_holds_until_the_call_is_gone(store: AgentStore) -> None:
     gone = asyncio.Event()
     task = asyncio.ensure_future(track_call(store, "+15550001", "call:1", 30, gone))
-    deadline = time.monotonic() + 5
-    while not await store.is_busy("15550001"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await until_busy(store, "15550001")
     gone.set()
     await asyncio.wait_for(task, 5)
     assert not await store.is_busy("15550001")
@@ -171,10 +176,7 @@ async def test_track_call_holds_until_the_call_is_gone(store: AgentStore) -> Non
 async def test_a_call_longer_than_its_lease_keeps_the_party_busy(store: AgentStore) -> None:
     gone = asyncio.Event()
     task = asyncio.ensure_future(track_call(store, "+15550002", "call:2", 0.6, gone))
-    deadline = time.monotonic() + 5
-    while not await store.is_busy("15550002"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await until_busy(store, "15550002")
     # Close to three lease lengths: only the refreshes keep the lease alive.
     for _ in range(8):
         await asyncio.sleep(0.2)
@@ -187,14 +189,31 @@ async def test_a_call_longer_than_its_lease_keeps_the_party_busy(store: AgentSto
 async def test_a_cancelled_tracking_releases_the_party(store: AgentStore) -> None:
     gone = asyncio.Event()
     task = asyncio.ensure_future(track_call(store, "+15550003", "call:3", 30, gone))
-    deadline = time.monotonic() + 5
-    while not await store.is_busy("15550003"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await until_busy(store, "15550003")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not await store.is_busy("15550003")
+
+
+async def test_a_tracking_cancelled_while_its_hold_is_answered_releases_the_party(
+        store: AgentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_hold = store.hold
+    written = asyncio.Event()
+
+    async def hold_answered_late(agent: str, owner: str, lease_s: float) -> None:
+        await real_hold(agent, owner, lease_s)
+        written.set()
+        await asyncio.sleep(1)  # the store's answer still on its way
+
+    monkeypatch.setattr(store, "hold", hold_answered_late)
+    task = asyncio.ensure_future(track_call(store, "+15550004", "call:4", 30, asyncio.Event()))
+    await asyncio.wait_for(written.wait(), 5)
+    assert await store.is_busy("15550004")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not await store.is_busy("15550004")
 
 
 async def test_sticky_mapping_lives_for_its_ttl(store: AgentStore) -> None:
