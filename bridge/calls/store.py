@@ -6,6 +6,15 @@ Asterisk node of its channel, the slot whose Stasis application holds it). The r
 when the call starts and at each action, and deleted when the call has ended, in the same
 transaction that writes its ``completed`` event to the event outbox.
 
+Live-call writes are gathered for ``write_delay_s`` (``store.write_delay_ms``) and committed
+together: a call's start, answer and first action, usually a few milliseconds apart, become
+one row written once, and the calls of a busy moment share one transaction. What a process
+crash can lose is therefore the last ``write_delay_s`` of changes: a call that started that
+recently is hung up by the restarted bridge instead of resumed, a call that moved on to its
+next action that recently resumes one action back. Reads of the live calls, event writes and
+closing commit what is gathered first, so every reader of this object, and the outbox's
+write-and-end transaction, see the writes in the order they were made.
+
 :class:`CallStorage` is what the engine needs of a call store; the bridges of a cluster share
 one in Redis instead (bridge/calls/redis_store.py, ``store.backend: redis``).
 
@@ -13,13 +22,15 @@ The same file holds the event outbox (table ``event_outbox``, see bridge/webhook
 every status event is written there before it counts as sent, and deleted once delivered.
 
 Writes are small and SQLite runs in WAL mode with ``synchronous=NORMAL``, so a write costs tens
-of microseconds and is done inline on the event loop rather than in a thread (a thread hop would
-cost more than the write). ``NORMAL`` keeps the file consistent through a crash of the process
-(the case the outbox is for); a power loss may lose the last transactions.
+of microseconds and is done inline on the event loop rather than in a thread: a thread hop would
+cost more than the write, and what saves is gathering writes (above). ``NORMAL`` keeps the file
+consistent through a crash of the process (the case the outbox is for); a power loss may lose
+the last transactions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -30,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+import structlog
 
 from bridge.webhooks.outbox import NewOutboxEvent, OutboxEvent
 
@@ -68,6 +80,15 @@ _CALL_COLUMNS = ("uuid, conversation_uuid, channel_id, application_id, direction
                  " answer_method, event_url, event_method, fallback_url, node, slot")
 _SAVE_CALL = (f"INSERT OR REPLACE INTO live_calls ({_CALL_COLUMNS})"
               " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+# Where answered_at, ncco, position and replacements sit in a row of _SAVE_CALL.
+_ANSWERED_AT, _NCCO, _POSITION, _REPLACEMENTS = 8, 9, 10, 11
+_UPDATE_PROGRESS = "UPDATE live_calls SET ncco=?, position=?, replacements=? WHERE uuid=?"
+_MARK_ANSWERED = "UPDATE live_calls SET answered_at=? WHERE uuid=?"
+_DELETE_CALL = "DELETE FROM live_calls WHERE uuid=?"
+#: After a failed commit (disk full, file locked), the next attempt is this much later.
+_RETRY_AFTER_FAILURE_S = 1.0
+
+log = structlog.get_logger(__name__)
 
 
 def _json(ncco: list[dict[str, Any]]) -> str:
@@ -172,10 +193,29 @@ class CallStorage(Protocol):
     def outbox_oldest_created_at(self) -> float | None: ...
 
 
+class _PendingWrite:
+    """What is not yet committed of one live call's row: a whole row (``save``, with the
+    later changes applied to it), or the changes to a row already written, or its delete."""
+
+    __slots__ = ("answered_at", "delete", "progress", "row")
+
+    def __init__(self) -> None:
+        self.row: list[Any] | None = None
+        self.progress: tuple[str, int, int] | None = None  # ncco as JSON, position, replacements
+        self.answered_at: str | None = None
+        self.delete = False
+
+
 class CallStore:
-    def __init__(self, path: Path) -> None:
+    """The SQLite call store. ``write_delay_s``: how long live-call writes are gathered
+    before they are committed together (0: each is committed at once)."""
+
+    def __init__(self, path: Path, write_delay_s: float = 0.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.write_delay_s = write_delay_s
+        self._pending: dict[str, _PendingWrite] = {}
+        self._commit_timer: asyncio.TimerHandle | None = None
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Small pages for a new file: a call's few writes each dirty two or three pages,
         # and a WAL commit writes and checksums whole pages (no effect on an existing file).
@@ -194,6 +234,10 @@ class CallStore:
         self._db.executescript(_OUTBOX_SCHEMA)
 
     def close(self) -> None:
+        if self._pending:
+            with contextlib.suppress(sqlite3.Error):  # already logged by commit_pending
+                self.commit_pending()
+        self._cancel_timer()
         self._db.close()
 
     def check_writable(self) -> None:
@@ -201,35 +245,104 @@ class CallStore:
         database cannot take writes (read-only, disk full, locked, closed)."""
         self._db.execute("INSERT OR REPLACE INTO store_health VALUES (1, ?)", (time.time(),))
 
+    # ------------------------------------------------------------ live calls
     def save(self, record: CallRecord) -> None:
-        self._db.execute(
-            _SAVE_CALL,
-            (
-                record.uuid, record.conversation_uuid, record.channel_id,
-                record.application_id, record.direction, record.from_number,
-                record.to_number, record.started_at, record.answered_at,
-                _json(record.ncco), record.position, record.replacements,
-                record.answer_url, record.answer_method, record.event_url,
-                record.event_method, record.fallback_url, record.node, record.slot,
-            ),
-        )
+        pending = self._pending_for(record.uuid, new=True)
+        pending.row = [
+            record.uuid, record.conversation_uuid, record.channel_id,
+            record.application_id, record.direction, record.from_number,
+            record.to_number, record.started_at, record.answered_at,
+            _json(record.ncco), record.position, record.replacements,
+            record.answer_url, record.answer_method, record.event_url,
+            record.event_method, record.fallback_url, record.node, record.slot,
+        ]
+        self._written()
 
     def update_progress(
         self, uuid: str, ncco: list[dict[str, Any]], position: int, replacements: int
     ) -> None:
-        self._db.execute(
-            "UPDATE live_calls SET ncco=?, position=?, replacements=? WHERE uuid=?",
-            (_json(ncco), position, replacements, uuid),
-        )
+        pending = self._pending_for(uuid)
+        if pending.row is not None:
+            pending.row[_NCCO:_REPLACEMENTS + 1] = _json(ncco), position, replacements
+        elif not pending.delete:  # like an UPDATE after a DELETE: nothing to change
+            pending.progress = (_json(ncco), position, replacements)
+        self._written()
 
     def mark_answered(self, uuid: str, answered_at: str) -> None:
-        self._db.execute("UPDATE live_calls SET answered_at=? WHERE uuid=?", (answered_at, uuid))
+        pending = self._pending_for(uuid)
+        if pending.row is not None:
+            pending.row[_ANSWERED_AT] = answered_at
+        elif not pending.delete:
+            pending.answered_at = answered_at
+        self._written()
 
     def delete(self, uuid: str) -> None:
-        self._db.execute("DELETE FROM live_calls WHERE uuid=?", (uuid,))
+        # Always a DELETE, even when the row is still pending: an earlier save of the same
+        # call may already be in the file.
+        self._pending_for(uuid, new=True).delete = True
+        self._written()
+
+    def commit_pending(self) -> None:
+        """Commit the gathered live-call writes in one transaction. Raises ``sqlite3.Error``
+        (after logging it) when they cannot be written; they are kept and tried again."""
+        self._cancel_timer()
+        if not self._pending:
+            return
+        try:
+            with self._transaction():
+                for uuid, pending in self._pending.items():
+                    if pending.delete:
+                        self._db.execute(_DELETE_CALL, (uuid,))
+                    if pending.row is not None:
+                        self._db.execute(_SAVE_CALL, pending.row)
+                    if pending.answered_at is not None:
+                        self._db.execute(_MARK_ANSWERED, (pending.answered_at, uuid))
+                    if pending.progress is not None:
+                        self._db.execute(_UPDATE_PROGRESS, (*pending.progress, uuid))
+        except sqlite3.Error as exc:
+            log.error("store.write_failed", calls=len(self._pending), error=str(exc))
+            self._schedule_commit(_RETRY_AFTER_FAILURE_S)
+            raise
+        self._pending.clear()
+
+    def _pending_for(self, uuid: str, new: bool = False) -> _PendingWrite:
+        """The call's pending write; ``new``: a fresh one replacing it (a save or a delete
+        supersedes whatever came before it)."""
+        pending = None if new else self._pending.get(uuid)
+        if pending is None:
+            pending = self._pending[uuid] = _PendingWrite()
+        return pending
+
+    def _written(self) -> None:
+        if self._commit_timer is not None:
+            return  # a commit is due already; this write goes with it
+        if self.write_delay_s <= 0 or not self._schedule_commit(self.write_delay_s):
+            self.commit_pending()
+
+    def _schedule_commit(self, delay_s: float) -> bool:
+        """Commit in ``delay_s``; False when there is no event loop to do it (a tool, a
+        test) and the caller must commit now."""
+        self._cancel_timer()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._commit_timer = loop.call_later(delay_s, self._commit_later)
+        return True
+
+    def _commit_later(self) -> None:
+        self._commit_timer = None
+        with contextlib.suppress(sqlite3.Error):  # logged, kept and retried by commit_pending
+            self.commit_pending()
+
+    def _cancel_timer(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
 
     def all(self, slot: int | None = None) -> list[CallRecord]:
         """The live calls, or only those of ``slot``."""
+        self.commit_pending()
         if slot is None:
             cursor = self._db.execute(f"SELECT {_CALL_COLUMNS} FROM live_calls")
         else:
@@ -259,11 +372,13 @@ class CallStore:
         )
         insert = ("INSERT INTO event_outbox (call_uuid, application_id, url, method, payload,"
                   " fallback_url, signed, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?)")
+        # The live-call writes made before this event go to the file before it does.
+        self.commit_pending()
         if end_call is None:
             return int(self._db.execute(insert, values).lastrowid or 0)
         with self._transaction():
             event_id = int(self._db.execute(insert, values).lastrowid or 0)
-            self._db.execute("DELETE FROM live_calls WHERE uuid=?", (end_call,))
+            self._db.execute(_DELETE_CALL, (end_call,))
         return event_id
 
     def outbox_head(self, call_uuid: str) -> OutboxEvent | None:

@@ -14,4 +14,4 @@ def open_call_store(config: Config, owned_slots: set[int] | None = None) -> Call
         if not config.store.redis_url:
             raise ValueError("store.redis_url is required for the redis backend")
         return RedisCallStore(config.store.redis_url, config.store.redis_prefix, owned_slots)
-    return CallStore(config.store.path)
+    return CallStore(config.store.path, write_delay_s=config.store.write_delay_ms / 1000)

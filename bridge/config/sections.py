@@ -191,6 +191,10 @@ class StoreConfig(_Strict):
     redis_url: str | None = Field(
         None, description="redis://host:port/db (or rediss://) for the redis backend")
     redis_prefix: str = Field("ari-bridge:", description="prefix of every Redis key")
+    write_delay_ms: int = Field(
+        50, ge=0, le=1000,
+        description="sqlite: live-call writes are gathered this long and committed together "
+                    "(0: each at once); a crash loses at most this much of the last changes")
 
     @field_validator("redis_url")
     @classmethod
