@@ -290,20 +290,28 @@ class CallStore:
             return
         try:
             with self._transaction():
-                for uuid, pending in self._pending.items():
-                    if pending.delete:
-                        self._db.execute(_DELETE_CALL, (uuid,))
-                    if pending.row is not None:
-                        self._db.execute(_SAVE_CALL, pending.row)
-                    if pending.answered_at is not None:
-                        self._db.execute(_MARK_ANSWERED, (pending.answered_at, uuid))
-                    if pending.progress is not None:
-                        self._db.execute(_UPDATE_PROGRESS, (*pending.progress, uuid))
+                self._write_pending()
         except sqlite3.Error as exc:
-            log.error("store.write_failed", calls=len(self._pending), error=str(exc))
-            self._schedule_commit(_RETRY_AFTER_FAILURE_S)
+            self._write_failed(exc)
             raise
         self._pending.clear()
+
+    def _write_pending(self) -> None:
+        """The gathered writes, inside the caller's transaction."""
+        for uuid, pending in self._pending.items():
+            if pending.delete:
+                self._db.execute(_DELETE_CALL, (uuid,))
+            if pending.row is not None:
+                self._db.execute(_SAVE_CALL, pending.row)
+            if pending.answered_at is not None:
+                self._db.execute(_MARK_ANSWERED, (pending.answered_at, uuid))
+            if pending.progress is not None:
+                self._db.execute(_UPDATE_PROGRESS, (*pending.progress, uuid))
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        """Log a failed commit of the gathered writes; they are kept and tried again."""
+        log.error("store.write_failed", calls=len(self._pending), error=str(exc))
+        self._schedule_commit(_RETRY_AFTER_FAILURE_S)
 
     def _pending_for(self, uuid: str, new: bool = False) -> _PendingWrite:
         """The call's pending write; ``new``: a fresh one replacing it (a save or a delete
@@ -372,13 +380,21 @@ class CallStore:
         )
         insert = ("INSERT INTO event_outbox (call_uuid, application_id, url, method, payload,"
                   " fallback_url, signed, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?)")
-        # The live-call writes made before this event go to the file before it does.
-        self.commit_pending()
-        if end_call is None:
+        if end_call is None and not self._pending:
             return int(self._db.execute(insert, values).lastrowid or 0)
-        with self._transaction():
-            event_id = int(self._db.execute(insert, values).lastrowid or 0)
-            self._db.execute(_DELETE_CALL, (end_call,))
+        # The live-call writes gathered before this event go in its transaction, first.
+        try:
+            with self._transaction():
+                self._write_pending()
+                event_id = int(self._db.execute(insert, values).lastrowid or 0)
+                if end_call is not None:
+                    self._db.execute(_DELETE_CALL, (end_call,))
+        except sqlite3.Error as exc:
+            if self._pending:
+                self._write_failed(exc)
+            raise
+        self._pending.clear()
+        self._cancel_timer()
         return event_id
 
     def outbox_head(self, call_uuid: str) -> OutboxEvent | None:

@@ -131,10 +131,16 @@ async def test_reads_event_writes_and_close_see_the_writes_made_before_them(
     assert [r.uuid for r in store.all()] == ["a"]  # a read commits first
     store.save(record("b"))
     store.update_progress("b", [], 4, 0)
-    # The event that ends call b: its row is written, then removed with the event.
+    statements = count_statements(store)
+    # The event that ends call b: its row is written, then removed with the event, all in
+    # the event's one transaction.
     store.outbox_add(event("b"), end_call="b")
     assert [r[0] for r in rows(path)] == ["a"]
     assert [e.call_uuid for e in store.outbox_events()] == ["b"]
+    assert statements.count("COMMIT") == 1
+    written = [s.split(" (")[0] for s in statements if s.startswith(("INSERT", "DELETE"))]
+    assert written == ["INSERT OR REPLACE INTO live_calls", "INSERT INTO event_outbox",
+                       "DELETE FROM live_calls WHERE uuid='b'"]
     store.save(record("c"))
     store.close()
     assert [r[0] for r in rows(path)] == ["a", "c"]
@@ -168,6 +174,19 @@ async def test_a_failed_commit_is_logged_kept_and_tried_again(
 
     await until(written)
     assert rows(path) == [("a", "2024-01-01T00:00:01.000Z", "[]", 0, 0)]
+
+
+async def test_an_event_that_cannot_be_written_keeps_the_gathered_writes_too(
+        path: Path, open_store: Callable[[float], CallStore]) -> None:
+    store = open_store(LONG_DELAY_S)
+    store.save(record("a"))
+    store._db.execute("PRAGMA query_only=ON")
+    with pytest.raises(sqlite3.OperationalError):
+        store.outbox_add(event("a"))
+    store._db.execute("PRAGMA query_only=OFF")
+    assert rows(path) == [] and store.outbox_events() == []
+    store.commit_pending()  # what the retry does
+    assert [r[0] for r in rows(path)] == ["a"]
 
 
 async def until(condition: Callable[[], Any], timeout_s: float = 5.0) -> None:
