@@ -66,8 +66,9 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="store-statements-"))
     (scratch / "sitecustomize.py").write_text(TIMING_MODULE)
     out = scratch / "statements.json"
-    args.bridge_env = [*args.bridge_env, f"PYTHONPATH={scratch}",
-                       f"STORE_STATEMENTS_OUT={out}"]
+    # First on the path, before any PYTHONPATH given (an older checkout being compared).
+    path = os.pathsep.join(filter(None, [str(scratch), os.environ.get("PYTHONPATH")]))
+    args.bridge_env = [*args.bridge_env, f"PYTHONPATH={path}", f"STORE_STATEMENTS_OUT={out}"]
     bench = Bench(args)
     report: dict[str, Any] = {"rate": mine.rate, "calls": mine.calls,
                               "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
