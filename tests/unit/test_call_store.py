@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 import bridge.calls.store as store_module
 from bridge.calls.store import CallRecord, CallStore
@@ -155,17 +156,20 @@ def test_without_an_event_loop_each_write_is_committed_at_once(
 
 async def test_a_failed_commit_is_logged_kept_and_tried_again(
         path: Path, open_store: Callable[[float], CallStore],
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "_RETRY_AFTER_FAILURE_S", 0.05)
     store = open_store(0.01)
     store._db.execute("PRAGMA query_only=ON")  # every write fails, as on a read-only file
-    store.save(record("a"))
-    store.mark_answered("a", "2024-01-01T00:00:01.000Z")
+    with structlog.testing.capture_logs() as logs:
+        store.save(record("a"))
+        store.mark_answered("a", "2024-01-01T00:00:01.000Z")
 
-    async def failed() -> bool:
-        return "store.write_failed" in capsys.readouterr().out
+        async def failed() -> bool:
+            return any(e["event"] == "store.write_failed" for e in logs)
 
-    await until(failed)
+        await until(failed)
+    [failure, *_] = [e for e in logs if e["event"] == "store.write_failed"]
+    assert failure["calls"] == 1 and "readonly" in failure["error"]
     assert rows(path) == []
     store._db.execute("PRAGMA query_only=OFF")  # the disk has room again
 
