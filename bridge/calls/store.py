@@ -234,10 +234,9 @@ class CallStore:
         self._db.executescript(_OUTBOX_SCHEMA)
 
     def close(self) -> None:
-        if self._pending:
-            with contextlib.suppress(sqlite3.Error):  # already logged by commit_pending
-                self.commit_pending()
-        self._cancel_timer()
+        with contextlib.suppress(sqlite3.Error):  # already logged by commit_pending
+            self.commit_pending()
+        self._cancel_timer()  # the retry a failed commit scheduled
         self._db.close()
 
     def check_writable(self) -> None:

@@ -204,7 +204,7 @@ async def test_a_tracking_cancelled_while_its_hold_is_answered_releases_the_part
     async def hold_answered_late(agent: str, owner: str, lease_s: float) -> None:
         await real_hold(agent, owner, lease_s)
         written.set()
-        await asyncio.sleep(1)  # the store's answer still on its way
+        await asyncio.Event().wait()  # the store's answer still on its way when cancelled
 
     monkeypatch.setattr(store, "hold", hold_answered_late)
     task = asyncio.ensure_future(track_call(store, "+15550004", "call:4", 30, asyncio.Event()))
