@@ -214,6 +214,8 @@ class Bench:
                 "id": "bench",
                 "answer_url": f"{app_url}/answer",
                 **({"event_url": f"{app_url}/event"} if self.args.event_url else {}),
+                **({"ring_after_ms": self.args.ring_after_ms}
+                   if self.args.ring_after_ms is not None else {}),
             }],
             "numbers": {"*": "bench"},
         }
@@ -240,6 +242,8 @@ class Bench:
             "--ari-url", self.lab.ari_url, "--username", self.lab.ari_username,
             "--app", self.lab.app_name, "--answer-url", f"http://127.0.0.1:{self.app_port}/answer",
             "--media-file", str(media), "--port", str(self.bridge_port),
+            *(["--ring-after-ms", str(self.args.ring_after_ms)]
+              if self.args.ring_after_ms is not None else []),
         ], {"ARI_PASSWORD": self.env_creds["ARI_BRIDGE_ARI__PASSWORD"]})
         self._wait_http(f"http://127.0.0.1:{self.bridge_port}/healthz", "floor application",
                         self.ready_deadline_s)
@@ -876,6 +880,9 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--event-url", action="store_true",
                         help="also give the application an event_url (4 webhooks per call)")
+    parser.add_argument("--ring-after-ms", type=int, metavar="MS",
+                        help="the application's ring_after_ms (default: the bridge's); 0 sends "
+                             "180 Ringing at once, as releases before it did")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the bridge during one more half-rate run")
     parser.add_argument("--rest-requests", type=int, default=1000,

@@ -5,8 +5,11 @@ step. Per call it does exactly what the bridge does on the wire for an answer_ur
 one ``talk``, with the same libraries (aiohttp for the event WebSocket and the webhook, orjson,
 uvloop) and the same ARI transport (REST requests on the event WebSocket), and nothing more:
 
-    StasisStart -> POST ring, GET answer_url, POST answer, POST play, PlaybackFinished,
+    StasisStart -> GET answer_url, POST answer, POST play, PlaybackFinished,
                    DELETE the channel
+
+and ``POST ring`` as well when answer_url takes longer than ``--ring-after-ms`` (the
+bridge's default, 200) or that is 0.
 
 No validation, no call store, no log line, no metrics, no timeouts, no error handling beyond
 giving up on the call. Its CPU per call is what any Python ARI application built on these
@@ -64,9 +67,22 @@ class Floor:
 
     async def call(self, channel_id: str) -> None:
         assert self.session is not None
-        await self.rest("POST", f"channels/{channel_id}/ring")
+        ringing: list[asyncio.Task[int]] = []
+
+        def ring() -> None:
+            ringing.append(asyncio.ensure_future(self.rest("POST", f"channels/{channel_id}/ring")))
+
+        if self.args.ring_after_ms <= 0:
+            ring()
+            timer = None
+        else:
+            timer = asyncio.get_running_loop().call_later(self.args.ring_after_ms / 1000, ring)
         async with self.session.get(self.args.answer_url) as resp:
             orjson.loads(await resp.read())
+        if timer is not None:
+            timer.cancel()
+        for task in ringing:
+            await task
         await self.rest("POST", f"channels/{channel_id}/answer")
         playback_id = f"floor-{channel_id}"
         done = asyncio.get_running_loop().create_future()
@@ -140,5 +156,6 @@ if __name__ == "__main__":
     parser.add_argument("--answer-url", required=True)
     parser.add_argument("--media-file", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ring-after-ms", type=int, default=200)
     arguments = parser.parse_args()
     uvloop.run(main(arguments, Path(arguments.media_file).read_bytes()))

@@ -149,6 +149,11 @@ class ApplicationConfig(_Strict):
     max_ncco_replacements: int = Field(
         25, ge=1, le=1000, description="NCCOs one call may receive from webhooks; stops loops"
     )
+    ring_after_ms: int = Field(
+        200, ge=0, le=5000,
+        description="an inbound call is sent 180 Ringing once its answer_url has not replied "
+                    "for this long (0: at once); an application that replies sooner has the "
+                    "call answered without it, one ARI request fewer")
     public_key: str | None = Field(
         None, description="PEM public key that verifies this application's REST API tokens"
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.app import BridgeService
+from bridge.config import Config
 from bridge.lab.sipp import Dtmf, HangUp, Pause
 from bridge.media import resolve_voice
+from tests.integration.conftest import bridge_config
 from tests.integration.harness import POST_NUMBER, Reply, new_number
 
 pytestmark = pytest.mark.integration
@@ -39,6 +42,45 @@ async def test_talk_is_heard_and_status_events_arrive_once_in_order(bridge, webh
     spoken = await bridge.media.tts(GREETING, resolve_voice("Amy", None, None))
     assert call.audio.audio_seconds() == pytest.approx(spoken.duration_s, abs=0.6)
     assert call.audio.voiced_seconds() > spoken.duration_s * 0.5
+
+
+# (the application's ring_after_ms, None: the default of 200 ms; answer_url's delay; 180?)
+RINGING_CASES = [
+    ("answer_url replies within ring_after_ms: no 180", 5000, 0.0, False),
+    ("ring_after_ms 0: 180 at once", 0, 0.0, True),
+    ("answer_url slower than the default: 180 first", None, 0.6, True),
+]
+
+
+@pytest.mark.parametrize(("ring_after_ms", "delay_s", "rings"), [c[1:] for c in RINGING_CASES],
+                         ids=[c[0] for c in RINGING_CASES])
+async def test_caller_hears_ringing_only_while_answer_url_keeps_it_waiting(
+        lab, webhooks, dial, tmp_path, ring_after_ms, delay_s, rings):
+    data = bridge_config(lab, webhooks, tmp_path).model_dump(by_alias=True)
+    data["ari"]["password"] = lab.ari_password
+    if ring_after_ms is not None:
+        data["applications"][0]["ring_after_ms"] = ring_after_ms
+    service = BridgeService(Config.model_validate(data))
+    await service.start()
+    try:
+        assert await service.gateway.wait_connected(20), service.gateway.last_error
+        number = new_number()
+        webhooks.answer(number, Reply(json=[{"action": "talk", "text": "Ring or not."}],
+                                      delay_s=delay_s))
+
+        call = await dial(number)
+
+        assert call.sip.ok, call.sip.errors
+        assert call.sip.statuses[-1] == 200
+        if rings:
+            assert call.sip.statuses.index(180) < call.sip.statuses.index(200)
+        else:
+            assert 180 not in call.sip.statuses, call.sip.statuses
+        await webhooks.wait_completed(number)
+        # The application sees the same events either way.
+        assert webhooks.statuses(number) == ["started", "ringing", "answered", "completed"]
+    finally:
+        await service.stop()
 
 
 async def test_answer_method_post_sends_json_body(bridge, webhooks, dial):

@@ -48,6 +48,10 @@ def test_file_and_environment_make_one_config(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "key"), [
     (GOOD.replace("connect_ms: 500", "connect_ms: 5000"), "applications.0.timeouts.connect_ms"),
+    (GOOD.replace("    timeouts:", "    ring_after_ms: -1\n    timeouts:"),
+     "applications.0.ring_after_ms"),
+    (GOOD.replace("    timeouts:", "    ring_after_ms: 5001\n    timeouts:"),
+     "applications.0.ring_after_ms"),
     (GOOD.replace("https://shop.example/answer", "shop.example/answer"),
      "applications.0.answer_url"),
     (GOOD.replace('"*": shop', '"*": nobody'), "numbers.*: unknown application 'nobody'"),

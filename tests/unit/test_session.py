@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bridge.calls.engine import CallEngine
 from bridge.calls.session import CallState
 from bridge.calls.store import CallRecord, CallStore
@@ -74,14 +76,16 @@ class FakeGateway:
 class FakeWebhooks:
     """Answers by URL from a script; records every request."""
 
-    def __init__(self, script: dict[str, Any]) -> None:
+    def __init__(self, script: dict[str, Any], delay_s: float = 0.0) -> None:
         self.script = script
+        self.delay_s = delay_s  # how long every reply takes
         self.requests: list[WebhookRequest] = []
 
     async def send_with_fallback(self, req: WebhookRequest, fallback_url: Any, parse: Any,
                                  timeouts: Any, signer: Any = None,
                                  kind: str = "event") -> FallbackResult[Any]:
         self.requests.append(req)
+        await asyncio.sleep(self.delay_s)
         body = json.dumps(self.script.get(req.url, {})).encode()
         response = WebhookResponse(req, 200, body, "application/json", 1, 1.0, None)
         try:
@@ -111,6 +115,7 @@ class StoredEvents:
 class Harness:
     def __init__(self, tmp_path: Path, answer: list[dict[str, Any]],
                  hooks: dict[str, Any] | None = None, max_replacements: int = 25,
+                 ring_after_ms: int = 200, webhook_delay_s: float = 0.0,
                  playback_margin_s: float = 15.0) -> None:
         config = load_config(None, environ={}, overrides={
             # Everything the engine opens (the call store, the agent store beside it, the
@@ -120,11 +125,13 @@ class Harness:
             "media": {"playback_margin_s": playback_margin_s},
             "applications": [{"id": "app", "answer_url": "http://hooks/answer",
                               "event_url": "http://hooks/event",
-                              "max_ncco_replacements": max_replacements}],
+                              "max_ncco_replacements": max_replacements,
+                              "ring_after_ms": ring_after_ms}],
             "numbers": {"*": "app"},
         })
         self.gateway = FakeGateway()
-        self.webhooks = FakeWebhooks({"http://hooks/answer": answer, **(hooks or {})})
+        self.webhooks = FakeWebhooks({"http://hooks/answer": answer, **(hooks or {})},
+                                     webhook_delay_s)
         store = CallStore(config.store.path)
         self.outbox = StoredEvents(store)
         self.engine = CallEngine(config, self.webhooks, FakeMedia(),  # type: ignore[arg-type]
@@ -157,9 +164,25 @@ async def test_playback_that_finishes_before_the_wait_is_not_missed(tmp_path: Pa
     await h.until(lambda: session.state is CallState.ENDED)
     assert h.statuses() == ["started", "ringing", "answered", "completed"]
     kinds = [c[0] for c in h.gateway.calls]
-    assert kinds == ["ring", "answer", "play", "hangup"]
-    assert h.gateway.calls[2][2] == 3  # loop=3: one playback of three copies
+    # answer_url replied at once, well within ring_after_ms: answered without ringing.
+    assert kinds == ["answer", "play", "hangup"]
+    assert h.gateway.calls[1][2] == 3  # loop=3: one playback of three copies
     assert h.engine.store.all() == []  # nothing left to resume
+
+
+@pytest.mark.parametrize(("ring_after_ms", "webhook_delay_s", "requests"), [
+    (200, 0.0, ["answer", "play", "hangup"]),  # answer_url replied in time: no ring
+    (50, 0.3, ["ring", "answer", "play", "hangup"]),  # it kept the caller waiting
+    (0, 0.0, ["ring", "answer", "play", "hangup"]),  # 0: ring at once
+])
+async def test_caller_rings_only_when_answer_url_takes_longer_than_ring_after_ms(
+        tmp_path: Path, ring_after_ms: int, webhook_delay_s: float, requests: list[str]) -> None:
+    h = Harness(tmp_path, [{"action": "talk", "text": "hello"}], ring_after_ms=ring_after_ms,
+                webhook_delay_s=webhook_delay_s)
+    session = h.start_call()
+    await h.until(lambda: session.state is CallState.ENDED)
+    assert [c[0] for c in h.gateway.calls] == requests
+    assert h.statuses() == ["started", "ringing", "answered", "completed"]
 
 
 async def test_caller_hanging_up_cancels_the_action_and_completed_is_sent_once(
