@@ -354,7 +354,7 @@ class CallEngine:
         self.by_channel[(session.record.node, session.channel_id)] = session
         link.gateway.route(f"channel:{session.channel_id}", session.on_event)
         self._session_tasks[session.uuid] = self._run_task(session.run())
-        if self.config.agents.track_all_calls:
+        if self.config.tracks_all_calls():
             # The remote party is busy for Connect applets while this call lasts.
             party = (session.record.from_number if session.direction == "inbound"
                      else session.record.to_number)

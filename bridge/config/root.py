@@ -101,6 +101,20 @@ class Config(_Strict):
                 return self.connect_applets[key]
         return None
 
+    def tracks_all_calls(self) -> bool:
+        """Whether the remote party of every call is marked busy (``agents.track_all_calls``).
+
+        ``auto`` marks them only where something reads the marks: this bridge's Connect
+        applets, or other bridges that share the agent state (Redis, or a SQLite file at a
+        path the operator chose, which another bridge may open too). Otherwise each call
+        would write and delete a mark that nobody ever reads: two SQLite commits per call.
+        """
+        setting = self.agents.track_all_calls
+        if setting != "auto":
+            return setting
+        return (bool(self.connect_applets) or self.agents.backend == "redis"
+                or self.agents.path is not None)
+
     def agents_path(self) -> Path:
         return self.agents.path or self.store.path.with_name("agents.sqlite3")
 

@@ -384,9 +384,11 @@ class AgentsConfig(_Strict):
                     "while the call lasts; a crashed bridge's marks expire after this)")
     sticky_ttl_s: float = Field(
         7 * 86400.0, gt=0, description="seconds a caller -> agent sticky mapping is kept")
-    track_all_calls: bool = Field(
-        True, description="mark the remote party of every call busy (an agent calling in, or "
-                          "called by a REST outbound call, is skipped by applets)")
+    track_all_calls: bool | Literal["auto"] = Field(
+        "auto", description="mark the remote party of every call busy (an agent calling in, or "
+                            "called by a REST outbound call, is skipped by applets); auto: "
+                            "when something reads the marks (this bridge's connect_applets, "
+                            "or agent state shared through redis or an explicit path)")
     caller_ids: list[str] = Field(
         default_factory=list,
         description="operator numbers an applet may use as outgoing_phone_number, besides "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,6 +76,31 @@ def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> No
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml", environ={})
+
+
+APPLET = {"connect_applets": {"+918044001234": {"primary_url": "https://crm.example/agents",
+                                                "application": "shop"}}}
+
+
+@pytest.mark.parametrize(("overrides", "tracks"), [
+    ({}, False),  # nothing reads the marks: no applets, the agent file is this bridge's own
+    (APPLET, True),
+    ({"agents": {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0"}}, True),
+    ({"agents": {"path": "/var/lib/ari-bridge/shared-agents.sqlite3"}}, True),
+    ({"agents": {"track_all_calls": True}}, True),
+    ({**APPLET, "agents": {"track_all_calls": False}}, False),
+])
+def test_every_calls_party_is_marked_busy_where_something_reads_the_marks(
+        tmp_path: Path, overrides: dict[str, Any], tracks: bool) -> None:
+    config = load_config(write(tmp_path, GOOD), environ={}, overrides=overrides)
+    assert config.tracks_all_calls() is tracks
+
+
+def test_track_all_calls_from_the_environment(tmp_path: Path) -> None:
+    for value, tracks in (("false", False), ("true", True), ("auto", False)):
+        config = load_config(write(tmp_path, GOOD),
+                             environ={"ARI_BRIDGE_AGENTS__TRACK_ALL_CALLS": value})
+        assert config.tracks_all_calls() is tracks, value
 
 
 def test_the_documented_example_config_is_valid() -> None:

@@ -181,7 +181,7 @@ async def _converse(call: CallContext, action: Connect, leg: Leg, events: LegEve
     bridge_id = new_id()
     answered = events.answered_at or datetime.now(UTC)
     agents = call.services.config.agents
-    if agents.track_all_calls:
+    if call.services.config.tracks_all_calls():
         # The callee is an agent on a call through the bridge: busy for Connect applets.
         call.run_beside(track_call(call.services.agents, leg.target.to, f"leg:{leg.uuid}",
                               agents.lease_s, leg.ended), "busy-tracking")
