@@ -274,8 +274,8 @@ class CallSession:
         once, and the caller rings at once. Otherwise the caller rings only if answer_url
         has not replied within the application's ``ring_after_ms``. A call whose application
         replies sooner is answered without a 180: one ARI request fewer, and nothing a caller
-        can hear. A failure that fast reaches the carrier as a bare 503,
-        which carriers fail over on more readily than a 503 after a 180.
+        can hear. A failure that fast reaches the carrier as a bare 503, which carriers fail
+        over on more readily than a 503 after a 180.
         """
         ringing: list[asyncio.Task[None]] = []
 
