@@ -8,8 +8,8 @@ uvloop) and the same ARI transport (REST requests on the event WebSocket), and n
     StasisStart -> GET answer_url, POST answer, POST play, PlaybackFinished,
                    DELETE the channel
 
-and ``POST ring`` as well when answer_url takes longer than ``--ring-after-ms`` (the
-bridge's default, 200) or that is 0.
+and ``POST ring`` as well, while answer_url is asked, when it takes longer than
+``--ring-after-ms`` (200, the bridge's default), or at once when that is 0.
 
 No validation, no call store, no log line, no metrics, no timeouts, no error handling beyond
 giving up on the call. Its CPU per call is what any Python ARI application built on these
