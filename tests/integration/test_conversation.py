@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.integration.test_record import (
     received_samples,
     stored_file,
 )
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -182,14 +182,6 @@ async def test_a_full_room_sends_an_error_and_the_ncco_goes_on(
     assert any("participants" in reason for reason in webhooks.errors(late))
     assert len(webhooks.of(f"/hook/after-full-{late}")) == 1
     assert not joined(webhooks, late)
-
-
-async def until(predicate: Callable[[], bool], message: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        await asyncio.sleep(0.1)
 
 
 async def test_can_speak_and_can_hear_give_each_listener_its_own_mix(

@@ -45,6 +45,7 @@ from tests.integration.test_rest_api import (
     sdk,
 )
 from tests.keys import new_keypair
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -114,13 +115,6 @@ async def flaky() -> AsyncIterator[FlakyApplication]:
     application = FlakyApplication(sock)
     yield application
     await application.close()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        await asyncio.sleep(0.1)
 
 
 async def place_calls(dial: Callable[..., Any], webhooks: WebhookApp) -> list[str]:

@@ -43,6 +43,7 @@ from bridge.webhooks import encode_body, payload_hash
 from tests.integration.conftest import bridge_config
 from tests.integration.harness import Recorded, Reply, WebhookApp, new_number
 from tests.keys import new_keypair
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -112,14 +113,6 @@ def sdk(service: BridgeService, app_id: str, private_key: str) -> Vonage:
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not in time: {what}")
-        await asyncio.sleep(0.05)
 
 
 class LiveCall:
@@ -548,4 +541,3 @@ async def test_webhooks_of_an_application_without_a_secret_are_not_signed(api_br
     await webhooks.wait_completed(number)
     answer = [r for r in webhooks.of("/answer") if r.query.get("to") == number]
     assert answer and "Authorization" not in answer[0].headers
-

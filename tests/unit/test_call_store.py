@@ -3,7 +3,6 @@ second connection, as another process (an operator's ``sqlite3``, a restarted br
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
@@ -18,6 +17,7 @@ import structlog.testing
 import bridge.calls.store as store_module
 from bridge.calls.store import CallRecord, CallStore
 from bridge.webhooks.outbox import NewOutboxEvent
+from tests.polling import until
 
 #: Long enough that nothing is committed by the timer while a test looks.
 LONG_DELAY_S = 30.0
@@ -78,11 +78,7 @@ async def test_a_calls_start_answer_and_first_action_are_one_row_written_once(
     store.mark_answered("a", "2024-01-01T00:00:01.000Z")
     store.update_progress("a", [{"action": "talk", "text": "hi"}], 1, 0)
     assert rows(path) == []  # gathered, not yet written
-
-    async def written() -> bool:
-        return rows(path) != []
-
-    await until(written)
+    await until(lambda: rows(path) != [], "the row written", 5)
     assert rows(path) == [("a", "2024-01-01T00:00:01.000Z",
                            json.dumps([{"action": "talk", "text": "hi"}], separators=(",", ":")),
                            1, 0)]
@@ -163,20 +159,13 @@ async def test_a_failed_commit_is_logged_kept_and_tried_again(
     with structlog.testing.capture_logs() as logs:
         store.save(record("a"))
         store.mark_answered("a", "2024-01-01T00:00:01.000Z")
-
-        async def failed() -> bool:
-            return any(e["event"] == "store.write_failed" for e in logs)
-
-        await until(failed)
+        await until(lambda: any(e["event"] == "store.write_failed" for e in logs),
+                    "the failed commit logged", 5)
     [failure, *_] = [e for e in logs if e["event"] == "store.write_failed"]
     assert failure["calls"] == 1 and "readonly" in failure["error"]
     assert rows(path) == []
     store._db.execute("PRAGMA query_only=OFF")  # the disk has room again
-
-    async def written() -> bool:
-        return rows(path) != []
-
-    await until(written)
+    await until(lambda: rows(path) != [], "the row written on a later try", 5)
     assert rows(path) == [("a", "2024-01-01T00:00:01.000Z", "[]", 0, 0)]
 
 
@@ -191,10 +180,3 @@ async def test_an_event_that_cannot_be_written_keeps_the_gathered_writes_too(
     assert rows(path) == [] and store.outbox_events() == []
     store.commit_pending()  # what the retry does
     assert [r[0] for r in rows(path)] == ["a"]
-
-
-async def until(condition: Callable[[], Any], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

@@ -26,6 +26,7 @@ from bridge.calls.store import CallRecord, CallStorage, CallStore
 from bridge.config import ApplicationConfig
 from bridge.webhooks import WebhookClient, WebhookRequest, WebhookResponse
 from bridge.webhooks.outbox import EventOutbox, backoff_delay, classify
+from tests.polling import until
 
 SECRET = "a-very-secret-signature-key-0123456789"
 
@@ -157,13 +158,6 @@ def outbox(store: CallStorage, client: WebhookClient, app: ApplicationConfig,
     settings: dict[str, Any] = {"retry_base_s": 0.02, "retry_cap_s": 0.1, **options}
     return EventOutbox(store, client, lambda app_id: app if app_id == app.id else None,
                        **settings)
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        await asyncio.sleep(0.01)
 
 
 def record(uuid: str) -> CallRecord:
